@@ -65,17 +65,20 @@ def _blocks(x3: np.ndarray) -> Iterator[slice]:
 
 
 def _sum_ab(block: np.ndarray) -> np.ndarray:
-    """Per-channel float64 sum of an ``(a, C, b)`` block."""
+    """Per-channel sum of an ``(a, C, b)`` block, returned in float64.
+
+    Within a cache-sized block the sum runs in the block's dtype (pairwise
+    along the contiguous axis); blocks are then added in float64.
+    """
     if block.shape[2] == 1:
-        return block[:, :, 0].sum(axis=0, dtype=np.float64)
-    # Pairwise float32 sums along the contiguous axis, then float64 across rows.
+        return block[:, :, 0].sum(axis=0).astype(np.float64)
     return block.sum(axis=2).sum(axis=0, dtype=np.float64)
 
 
 def _dot_ab(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Per-channel float64 sum of ``u * v`` for two ``(a, C, b)`` blocks."""
+    """Per-channel sum of ``u * v`` for two ``(a, C, b)`` blocks, returned in float64."""
     if u.shape[2] == 1:
-        return np.einsum("ac,ac->c", u[:, :, 0], v[:, :, 0], dtype=np.float64)
+        return np.einsum("ac,ac->c", u[:, :, 0], v[:, :, 0]).astype(np.float64)
     return np.einsum("acb,acb->ac", u, v).sum(axis=0, dtype=np.float64)
 
 
@@ -124,12 +127,18 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _statistics(x3: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """float64 (mean, biased var) of an ``(A, C, B)`` view."""
+    """float64 (mean, biased var) of an ``(A, C, B)`` view.
+
+    The first pass sums ``x - s`` with ``s`` the first value of each channel
+    (shifted data), so partial sums stay of the order of the spread even when
+    the mean dwarfs it; the second pass sums squared deviations from the mean.
+    """
     m = x3.shape[0] * x3.shape[2]
+    shift = x3[:1, :, :1].copy()
     total = np.zeros(x3.shape[1])
     for s in _blocks(x3):
-        total += _sum_ab(x3[s])
-    mean = total / m
+        total += _sum_ab(x3[s] - shift)
+    mean = shift[0, :, 0].astype(np.float64) + total / m
     mean_x = mean.astype(x3.dtype).reshape(1, -1, 1)
     squares = np.zeros(x3.shape[1])
     for s in _blocks(x3):

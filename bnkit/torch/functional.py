@@ -30,6 +30,9 @@ from .. import _checks
 
 __all__ = ["batch_norm", "BatchNormFunction", "check_input"]
 
+# Bytes of input per block on CPU: small enough to stay in a core's L2 cache.
+_BLOCK_BYTES = 1 << 19
+
 
 def _reduce_dims(x: torch.Tensor) -> Tuple[int, ...]:
     return (0,) + tuple(range(2, x.dim()))
@@ -77,9 +80,8 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps):
-        dims = _reduce_dims(input)
         if training:
-            var, mean = torch.var_mean(input, dim=dims, correction=0)
+            mean, var = _batch_statistics(input)
             m = input.numel() // input.shape[1]
             if running_mean is not None:
                 running_mean.copy_(momentum * mean + (1 - momentum) * running_mean)
@@ -100,25 +102,64 @@ class BatchNormFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         input, weight, mean, invstd = ctx.saved_tensors
-        dims = _reduce_dims(input)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         k = invstd if weight is None else invstd * weight          # gamma / sqrt(var + eps)
-        xhat = (input - _broadcast(mean, input)) * _broadcast(invstd, input)
-        sum_g = grad_y.sum(dims)
-        sum_g_xhat = (grad_y * xhat).sum(dims)
+        sum_g, sum_g_xhat = _gradient_sums(grad_y, input, mean, invstd)
         grad_x = None
         if need_x:
             if ctx.training:
-                # mean and var depend on x: subtract the gradient's projections
+                # mean and var depend on x: remove the gradient's components along
+                # a per-channel shift (sum_g) and scale (sum_g_xhat) of x
                 m = input.numel() // input.shape[1]
-                grad_x = torch.addcmul(_broadcast(-k * sum_g / m, input), grad_y,
-                                       _broadcast(k, input))
-                grad_x.addcmul_(xhat, _broadcast(-k * sum_g_xhat / m, input))
+                c_g = _broadcast(k, input)
+                c_x = _broadcast(-k * invstd * sum_g_xhat / m, input)
+                c_0 = _broadcast(-k * sum_g / m + k * invstd * mean * sum_g_xhat / m, input)
+                grad_x = torch.addcmul(c_0, grad_y, c_g).addcmul_(input, c_x)
             else:
                 grad_x = grad_y * _broadcast(k, input)              # statistics are constants
         grad_w = sum_g_xhat if need_w else None
         grad_b = sum_g if need_b else None
         return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def _row_blocks(x: torch.Tensor):
+    """Slices of dim 0 of about ``_BLOCK_BYTES`` each on CPU (cache-sized), one on GPUs."""
+    if x.device.type != "cpu" or x.shape[0] == 0:
+        return [slice(None)]
+    step = max(1, _BLOCK_BYTES // max(1, x[0].numel() * x.element_size()))
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
+
+
+def _accumulator(x: torch.Tensor) -> torch.dtype:
+    # float64 partial sums on CPU keep float32 accurate; GPUs stay in float32
+    return torch.float64 if x.device.type == "cpu" else torch.promote_types(x.dtype, torch.float32)
+
+
+def _batch_statistics(x: torch.Tensor):
+    """Per-channel mean and biased variance, two passes over cache-sized blocks."""
+    dims = _reduce_dims(x)
+    m = x.numel() // x.shape[1]
+    acc = _accumulator(x)
+    blocks = _row_blocks(x)
+    total = sum(x[s].sum(dims).to(acc) for s in blocks)
+    mean = (total / m).to(x.dtype)
+    mean_b = _broadcast(mean, x)
+    squares = sum((x[s] - mean_b).square_().sum(dims).to(acc) for s in blocks)
+    return mean, (squares / m).to(x.dtype)
+
+
+def _gradient_sums(g: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor):
+    """Per-channel sums of g and of g * xhat, over cache-sized blocks."""
+    dims = _reduce_dims(x)
+    acc = _accumulator(x)
+    mean_b, invstd_b = _broadcast(mean, x), _broadcast(invstd, x)
+    sum_g = torch.zeros(x.shape[1], dtype=acc, device=x.device)
+    sum_g_xhat = torch.zeros_like(sum_g)
+    for s in _row_blocks(x):
+        xhat = (x[s] - mean_b).mul_(invstd_b)
+        sum_g += g[s].sum(dims).to(acc)
+        sum_g_xhat += xhat.mul_(g[s]).sum(dims).to(acc)
+    return sum_g.to(x.dtype), sum_g_xhat.to(x.dtype)
 
 
 def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
