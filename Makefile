@@ -25,14 +25,14 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 book: $(STAMP)
-	rm -rf _build/html
+	rm -rf _build
 	$(VENV)/bin/jupyter-book build . -nW --keep-going
 
 unit: $(STAMP)
 	$(PY) -m pytest $(XDIST) -m "not browser" tests
 
 nbval: $(STAMP)
-	$(PY) -m pytest $(XDIST) --nbval notebooks --sanitize-with tests/sanitize.cfg -p no:cacheprovider
+	$(PY) -m pytest $(XDIST) --nbval notebooks --nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider
 
 browser: book
 	$(PY) -m pytest -m browser tests -p no:cacheprovider
