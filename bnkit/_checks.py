@@ -8,6 +8,7 @@ raises leaves running statistics and counters exactly as they were.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence
 
 __all__ = [
@@ -20,9 +21,14 @@ __all__ = [
 ]
 
 
+def _is_real(v) -> bool:
+    """A real number (Python or NumPy scalar), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def check_eps(eps: float) -> None:
     """Raise ``ValueError`` unless ``eps`` is a finite number > 0."""
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+    if not (_is_real(eps) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (got {eps!r})")
 
 
@@ -33,7 +39,7 @@ def check_momentum(momentum: Optional[float], allow_none: bool = False) -> None:
             return
         raise ValueError("momentum must be a number in [0, 1] (got None; "
                          "the cumulative average momentum=None is a layer option)")
-    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+    if not (_is_real(momentum) and 0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum must be in [0, 1] (got {momentum!r})")
 
 

@@ -109,7 +109,7 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
 
     Parameters
     ----------
-    x : ndarray of shape (N, C, *) (or with the channels on ``channel_axis``)
+    x : ndarray of shape (N, C, ...) (or with the channels on ``channel_axis``)
         Floating-point input of rank >= 2.
     channel_axis : int, default 1
         The axis holding the channels; ``-1`` for channels-last (NHWC).
@@ -156,7 +156,7 @@ def normalize(x, mean, var, weight=None, bias=None, eps: float = 1e-5,
 
     Parameters
     ----------
-    x : ndarray of shape (N, C, *)
+    x : ndarray of shape (N, C, ...)
         Floating-point input.
     mean, var : array_like of shape (C,)
         Statistics to normalize with.
@@ -245,7 +245,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
 
     Parameters
     ----------
-    x : ndarray of shape (N, C, *)
+    x : ndarray of shape (N, C, ...)
         Floating-point input of rank >= 2 (float32 stays float32).
     running_mean, running_var : ndarray of shape (C,), optional
         Running statistics; required in eval mode, updated in training mode.
@@ -257,8 +257,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
         Weight of the new batch in the running update (PyTorch's convention).
     eps : float > 0, default 1e-5
     channel_axis : int, default 1
-        The axis of the channels: 1 for (N, C, *) like PyTorch, -1 for
-        channels-last (N, *, C) like Keras' ``axis=-1``.
+        The axis of the channels: 1 for (N, C, ...) like PyTorch, -1 for
+        channels-last (N, ..., C) like Keras' ``axis=-1``.
 
     Returns
     -------
@@ -325,7 +325,7 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
     ----------
     grad_y : ndarray, same shape as ``x``
         :math:`\partial L/\partial y`.
-    x : ndarray of shape (N, C, *)
+    x : ndarray of shape (N, C, ...)
         The forward input.
     weight : array_like of shape (C,), optional
         :math:`\gamma` (``None`` means 1).

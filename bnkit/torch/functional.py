@@ -180,7 +180,7 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
 
     Parameters
     ----------
-    input : Tensor of shape (N, C, *)
+    input : Tensor of shape (N, C, ...)
         Floating point, any device and memory format.
     running_mean, running_var : Tensor of shape (C,) or None
     weight, bias : Tensor of shape (C,), optional

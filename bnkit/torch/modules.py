@@ -27,7 +27,7 @@ class _BatchNorm(nn.Module):
     Parameters
     ----------
     num_features : int
-        :math:`C`, the number of channels of an input of shape (N, C, *).
+        :math:`C`, the number of channels of an input of shape (N, C, ...).
     eps : float, default 1e-5
     momentum : float in [0, 1] or None, default 0.1
         ``running = (1 - momentum) * running + momentum * batch``; ``None`` is
@@ -116,8 +116,18 @@ class _BatchNorm(nn.Module):
 class BatchNorm1d(_BatchNorm):
     r"""Batch norm over a 2D input (N, C) or 3D input (N, C, L), like :class:`torch.nn.BatchNorm1d`.
 
-    Statistics per channel over N (and L). See :class:`_BatchNorm` for the
-    arguments.
+    Statistics per channel over N (and L).
+
+    Parameters
+    ----------
+    num_features : int
+        :math:`C`.
+    eps : float, default 1e-5
+    momentum : float in [0, 1] or None, default 0.1
+        ``None``: cumulative average over ``num_batches_tracked`` batches.
+    affine, track_running_stats : bool, default True
+    device, dtype : optional
+        Of the parameters and buffers.
 
     Shape
     -----
@@ -138,7 +148,7 @@ class BatchNorm2d(_BatchNorm):
     r"""Batch norm over a 4D input (N, C, H, W), like :class:`torch.nn.BatchNorm2d`.
 
     Statistics per channel over (N, H, W): :math:`m = N H W` values each.
-    Works on ``torch.channels_last`` tensors too.
+    Works on ``torch.channels_last`` tensors too. Parameters as for :class:`BatchNorm1d`.
 
     Shape
     -----
@@ -158,7 +168,7 @@ class BatchNorm2d(_BatchNorm):
 class BatchNorm3d(_BatchNorm):
     r"""Batch norm over a 5D input (N, C, D, H, W), like :class:`torch.nn.BatchNorm3d`.
 
-    Statistics per channel over (N, D, H, W).
+    Statistics per channel over (N, D, H, W). Parameters as for :class:`BatchNorm1d`.
 
     Shape
     -----
