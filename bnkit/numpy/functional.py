@@ -27,6 +27,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from .. import _checks
+from ..conventions import update_moving_stats
 
 __all__ = [
     "batch_norm",
@@ -211,6 +212,7 @@ def update_running_stats(running_mean, running_var, mean, var, m: int,
             + \text{momentum}\,\frac{m}{m-1}\sigma^2_\mathcal{B}
 
     The stored variance is the *unbiased* estimate (factor :math:`m/(m-1)`).
+    The PyTorch case of :func:`bnkit.conventions.update_moving_stats`.
 
     Parameters
     ----------
@@ -222,11 +224,8 @@ def update_running_stats(running_mean, running_var, mean, var, m: int,
         Values per channel in the batch (> 1).
     momentum : float in [0, 1]
     """
-    if running_mean is not None:
-        running_mean[...] = momentum * mean + (1.0 - momentum) * running_mean
-    if running_var is not None:
-        unbiased = var * (m / (m - 1))
-        running_var[...] = momentum * unbiased + (1.0 - momentum) * running_var
+    update_moving_stats(running_mean, running_var, mean, var, m, momentum,
+                        convention="torch", unbiased=True)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,

@@ -7,6 +7,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .. import _checks
+from .. import conventions as _conventions
 from . import functional as F
 
 __all__ = ["BatchNorm"]
@@ -30,22 +31,34 @@ class BatchNorm:
         :math:`C`, the number of channels.
     eps : float, default 1e-5
     momentum : float in [0, 1] or None, default 0.1
-        PyTorch's convention: ``running = (1 - momentum) * running + momentum * batch``.
-        ``None`` gives the cumulative average over ``num_batches_tracked`` batches.
+        In PyTorch's convention (the default ``momentum_convention="torch"``):
+        ``running = (1 - momentum) * running + momentum * batch``. In Keras'
+        (``momentum_convention="keras"``): ``running = momentum * running +
+        (1 - momentum) * batch`` -- pass ``momentum=0.99, eps=1e-3`` for Keras'
+        defaults. ``None`` gives the cumulative average over
+        ``num_batches_tracked`` batches in either convention.
     affine : bool, default True
         Learn :math:`\gamma` (``weight``, ones) and :math:`\beta` (``bias``, zeros).
     track_running_stats : bool, default True
         Keep ``running_mean`` (zeros), ``running_var`` (ones) and
         ``num_batches_tracked``; when False, eval mode also uses batch statistics.
     channel_axis : int, default 1
-        1 for (N, C, *) inputs, -1 for channels-last (N, *, C).
+        1 for (N, C, ...) inputs, -1 for channels-last (N, ..., C).
     dtype : numpy dtype, default float64
         Dtype of the parameters and running statistics. Inputs keep their own
         dtype: a float32 input gives a float32 output.
+    momentum_convention : {"torch", "keras"}, default "torch"
+        How ``momentum`` is read; see :mod:`bnkit.conventions`. A Keras-convention
+        layer with ``momentum=m`` keeps the same running mean as a PyTorch-convention
+        layer with ``momentum=1 - m``.
+    unbiased_running_var : bool or None, default None
+        Store the unbiased batch variance :math:`\frac{m}{m-1}\sigma^2_\mathcal{B}`
+        in ``running_var`` (True, PyTorch) or the biased :math:`\sigma^2_\mathcal{B}`
+        (False, Keras 3). ``None``: the convention's own choice.
 
     Shape
     -----
-    Input: (N, C, *) (channels on ``channel_axis``); output: same shape.
+    Input: (N, C, ...) (channels on ``channel_axis``); output: same shape.
 
     Examples
     --------
@@ -61,11 +74,19 @@ class BatchNorm:
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
-                 dtype=np.float64):
+                 dtype=np.float64, momentum_convention: str = "torch",
+                 unbiased_running_var: Optional[bool] = None):
         if not (isinstance(num_features, (int, np.integer)) and num_features > 0):
             raise ValueError(f"num_features must be a positive int (got {num_features!r})")
         _checks.check_eps(eps)
         _checks.check_momentum(momentum, allow_none=True)
+        if momentum_convention not in _conventions.CONVENTIONS:
+            raise ValueError(f"momentum_convention must be one of {_conventions.CONVENTIONS} "
+                             f"(got {momentum_convention!r})")
+        if unbiased_running_var is None:
+            unbiased_running_var = _conventions.stores_unbiased_variance(momentum_convention)
+        self.momentum_convention = momentum_convention
+        self.unbiased_running_var = bool(unbiased_running_var)
         self.num_features = int(num_features)
         self.eps = eps
         self.momentum = momentum
@@ -101,30 +122,48 @@ class BatchNorm:
 
     # ------------------------------------------------------------------ forward / backward
     def forward(self, x) -> np.ndarray:
-        """Normalize ``x`` (shape (N, C, *)); see the class docstring for the modes."""
+        """Normalize ``x`` (shape (N, C, ...)); see the class docstring for the modes.
+
+        Every argument is checked before anything changes: a call that raises
+        leaves the running statistics and ``num_batches_tracked`` as they were.
+        """
         x = F._as_float_array(x)
-        _checks.check_input_rank(x.ndim)
-        axis = _checks.normalize_channel_axis(self.channel_axis, x.ndim)
-        _checks.check_channel_vector("input channels", (x.shape[axis],), self.num_features)
-        if not self._uses_batch_stats:
-            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                             training=False, eps=self.eps, channel_axis=axis)
+        axis = self._check_call(x)
+        batch_stats = self._uses_batch_stats
+        if batch_stats:
+            mean, var = F.batch_statistics(x, axis)
         else:
-            _checks.check_training_batch(x.shape, axis)   # before any state changes
-            momentum = self.momentum
-            update = self.training and self.track_running_stats
-            if update:
-                self.num_batches_tracked += 1
-                if momentum is None:
-                    momentum = 1.0 / self.num_batches_tracked
-            y = F.batch_norm(x, self.running_mean if update else None,
-                             self.running_var if update else None, self.weight, self.bias,
-                             training=True, momentum=0.0 if momentum is None else momentum,
-                             eps=self.eps, channel_axis=axis)
-        self._cache = (x, axis, self._uses_batch_stats)
+            mean, var = self.running_mean, self.running_var
+        y = F.normalize(x, mean, var, self.weight, self.bias, self.eps, axis)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean, var, x.size // x.shape[axis])
+        self._cache = (x, axis, batch_stats)
         return y
 
     __call__ = forward
+
+    def _check_call(self, x: np.ndarray) -> int:
+        """All of :meth:`forward`'s checks; returns the non-negative channel axis."""
+        _checks.check_input_rank(x.ndim)
+        axis = _checks.normalize_channel_axis(self.channel_axis, x.ndim)
+        _checks.check_channel_vector("input channels", (x.shape[axis],), self.num_features)
+        _checks.check_eps(self.eps)
+        _checks.check_momentum(self.momentum, allow_none=True)
+        F._check_vectors(x.shape[axis], weight=self.weight, bias=self.bias,
+                         running_mean=self.running_mean, running_var=self.running_var)
+        if self._uses_batch_stats:
+            _checks.check_training_batch(x.shape, axis)
+        return axis
+
+    def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
+        """One EMA step in the layer's convention; ``momentum=None``: cumulative average."""
+        self.num_batches_tracked += 1
+        if self.momentum is None:          # weight 1/n on the n-th batch, in any convention
+            momentum, convention = 1.0 / self.num_batches_tracked, "torch"
+        else:
+            momentum, convention = self.momentum, self.momentum_convention
+        _conventions.update_moving_stats(self.running_mean, self.running_var, mean, var, m,
+                                         momentum, convention, self.unbiased_running_var)
 
     def backward(self, grad_y) -> np.ndarray:
         r"""Back-propagate :math:`\partial L/\partial y` through the last :meth:`forward`.
@@ -182,9 +221,13 @@ class BatchNorm:
             setattr(self, k, int(v) if k == "num_batches_tracked" else v)
 
     def __repr__(self) -> str:
+        extra = ""
+        if self.momentum_convention != "torch" or not self.unbiased_running_var:
+            extra = (f", momentum_convention={self.momentum_convention!r}, "
+                     f"unbiased_running_var={self.unbiased_running_var}")
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
-                f"channel_axis={self.channel_axis})")
+                f"channel_axis={self.channel_axis}{extra})")
 
 
 def _to_numpy(v):

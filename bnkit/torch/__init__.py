@@ -7,7 +7,9 @@ Forward and backward are written out; torch's batch-norm kernels are never calle
 """
 
 from .functional import BatchNormFunction, batch_norm, check_input
+from .inference import fold_batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .precise import recompute_batch_norm_stats
 
 __all__ = [
     "batch_norm",
@@ -16,4 +18,6 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "fold_batch_norm",
+    "recompute_batch_norm_stats",
 ]
