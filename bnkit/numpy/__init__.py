@@ -14,6 +14,7 @@ from .functional import (
     update_running_stats,
 )
 from .layers import BatchNorm
+from .norms import GroupNorm, LayerNorm, group_norm, group_norm_backward, layer_norm, layer_norm_backward
 
 __all__ = [
     "batch_norm",
@@ -23,4 +24,10 @@ __all__ = [
     "normalize",
     "update_running_stats",
     "BatchNorm",
+    "layer_norm",
+    "layer_norm_backward",
+    "group_norm",
+    "group_norm_backward",
+    "LayerNorm",
+    "GroupNorm",
 ]

@@ -9,7 +9,10 @@ Forward and backward are written out; torch's batch-norm kernels are never calle
 from .functional import BatchNormFunction, batch_norm, check_input
 from .inference import fold_batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .norms import GroupNorm, GroupNormFunction, LayerNorm, LayerNormFunction, group_norm, layer_norm
 from .precise import recompute_batch_norm_stats
+from .distributed import run_processes
+from .sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "batch_norm",
@@ -20,4 +23,13 @@ __all__ = [
     "BatchNorm3d",
     "fold_batch_norm",
     "recompute_batch_norm_stats",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "run_processes",
+    "layer_norm",
+    "group_norm",
+    "LayerNormFunction",
+    "GroupNormFunction",
+    "LayerNorm",
+    "GroupNorm",
 ]
