@@ -7,13 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 # Each notebook runs in its own kernel; loadfile keeps a notebook's cells together.
 XDIST  := -n 2 --dist loadfile
 
-.PHONY: help venv book test unit nbval browser notebooks bench clean
+.PHONY: help venv book test unit nbval browser pdfcheck notebooks bench clean
 
 help:
 	@echo "make book       set up .venv and build the book into _build/html"
 	@echo "make test       set up .venv and run every test (unit, notebooks, browser)"
 	@echo "make notebooks  re-execute every notebook in place (refreshes stored outputs)"
 	@echo "make bench      run the batch-norm benchmark"
+	@echo "make pdf        build the whole book as one PDF (_build/pdf/batchnorm-book.pdf)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +30,7 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -nW --keep-going
 
 unit: $(STAMP)
-	$(PY) -m pytest $(XDIST) -m "not browser" tests
+	$(PY) -m pytest $(XDIST) -m "not browser and not pdf" tests
 
 nbval: $(STAMP)
 	$(PY) -m pytest $(XDIST) --nbval notebooks --nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider
@@ -37,7 +38,12 @@ nbval: $(STAMP)
 browser: book
 	$(PY) -m pytest -m browser tests -p no:cacheprovider
 
-test: unit nbval browser
+# After `browser`: `make book` clears _build, the PDF included.
+pdfcheck: browser
+	$(MAKE) pdf
+	$(PY) -m pytest -m pdf tests/test_pdf.py -p no:cacheprovider
+
+test: unit nbval browser pdfcheck
 
 notebooks: $(STAMP)
 	$(PY) tests/execute_notebooks.py notebooks/*.ipynb
@@ -47,3 +53,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis
+
+# The whole book as one PDF, _build/pdf/batchnorm-book.pdf: Jupyter Book's single-page HTML
+# (built with -nW like `make book`), printed by Debian's Chromium through Playwright
+# (tests/build_pdf.py). Check it with `$(PY) -m pytest -m pdf tests/test_pdf.py`.
+.PHONY: pdf
+pdf: $(STAMP)
+	$(PY) tests/build_pdf.py

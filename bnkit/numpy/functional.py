@@ -17,12 +17,18 @@ The reductions run over axes 0 and 2 of that view, in blocks of rows that fit
 in the CPU cache, so each element is read from memory as few times as
 possible; partial sums are accumulated in float64, so float32 inputs whose
 mean dwarfs their spread stay accurate.
+
+Counted in passes over memory (Chapter 9, :mod:`bnkit.roofline`): the
+training forward reads ``x`` twice (statistics, then normalizing) and writes
+``y`` once, the minimum; :func:`batch_norm_backward` reads ``x`` once to
+recompute the statistics (it is given ``x``, not the statistics), then ``g``
+and ``x`` twice, and writes the gradient once.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -57,30 +63,43 @@ def _channel_view(x: np.ndarray, axis: int) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(a, x.shape[axis], b)
 
 
-def _blocks(x3: np.ndarray) -> Iterator[slice]:
+def _blocks(x3: np.ndarray) -> List[slice]:
     """Slices of axis 0 of ``x3`` whose blocks are about ``_BLOCK_BYTES`` each."""
     row_bytes = max(1, x3.shape[1] * x3.shape[2] * x3.itemsize)
     step = max(1, _BLOCK_BYTES // row_bytes)
-    for start in range(0, x3.shape[0], step):
-        yield slice(start, start + step)
+    return [slice(start, start + step) for start in range(0, x3.shape[0], step)]
+
+
+# Rows longer than this are summed with np.einsum (NumPy's own loop) rather than with a
+# BLAS dot product, which OpenBLAS would split over threads (the result would then depend
+# on the thread count).
+_MAX_DOT = 8192
+
+
+def _row_dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Sum over the last axis of ``u * v`` (broadcast), in the inputs' dtype."""
+    if hasattr(np, "vecdot") and u.shape[-1] <= _MAX_DOT:   # NumPy >= 2: a dot per row
+        return np.vecdot(u, v)
+    return np.einsum("...b,...b->...", *np.broadcast_arrays(u, v))
 
 
 def _sum_ab(block: np.ndarray) -> np.ndarray:
     """Per-channel sum of an ``(a, C, b)`` block, returned in float64.
 
-    Within a cache-sized block the sum runs in the block's dtype (pairwise
-    along the contiguous axis); blocks are then added in float64.
+    Within a cache-sized block the sum runs in the block's dtype (along the
+    contiguous axis first); blocks are then added in float64.
     """
     if block.shape[2] == 1:
         return block[:, :, 0].sum(axis=0).astype(np.float64)
-    return block.sum(axis=2).sum(axis=0, dtype=np.float64)
+    ones = np.ones(block.shape[2], block.dtype)
+    return _row_dot(block, ones).sum(axis=0, dtype=np.float64)
 
 
 def _dot_ab(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Per-channel sum of ``u * v`` for two ``(a, C, b)`` blocks, returned in float64."""
     if u.shape[2] == 1:
         return np.einsum("ac,ac->c", u[:, :, 0], v[:, :, 0]).astype(np.float64)
-    return np.einsum("acb,acb->ac", u, v).sum(axis=0, dtype=np.float64)
+    return _row_dot(u, v).sum(axis=0, dtype=np.float64)
 
 
 def _per_channel(v, num_channels: int, dtype) -> np.ndarray:
@@ -104,9 +123,9 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
         \mu_c = \frac{1}{m}\sum_i x_{ic}, \qquad
         \sigma^2_c = \frac{1}{m}\sum_i (x_{ic} - \mu_c)^2
 
-    Two passes (mean first, then squared deviations from it), each accumulated
-    in float64: the textbook one-pass :math:`E[x^2] - E[x]^2` loses every digit
-    when the mean dwarfs the spread.
+    Sums of deviations from a shift :math:`s` close to the mean, accumulated in
+    float64 (see ``_statistics``): the textbook :math:`E[x^2] - E[x]^2` loses
+    every digit when the mean dwarfs the spread; deviations from :math:`s` do not.
 
     Parameters
     ----------
@@ -128,24 +147,32 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _statistics(x3: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """float64 (mean, biased var) of an ``(A, C, B)`` view.
+    r"""float64 (mean, biased var) of an ``(A, C, B)`` view, reading it from memory once.
 
-    The first pass sums ``x - s`` with ``s`` the first value of each channel
-    (shifted data), so partial sums stay of the order of the spread even when
-    the mean dwarfs it; the second pass sums squared deviations from the mean.
+    The shift :math:`s_c` is the mean of the first block. Each block, while it
+    is in the cache, adds :math:`S_1 = \sum (x - s)` and
+    :math:`S_2 = \sum (x - s)^2` to float64 totals; then
+
+    .. math:: \mu = s + \frac{S_1}{m}, \qquad
+              \sigma^2 = \frac{S_2}{m} - \Big(\frac{S_1}{m}\Big)^2 .
+
+    Both identities are exact; as :math:`s` is close to :math:`\mu`, the
+    deviations are of the order of the spread and the subtraction loses no
+    digits, even when the mean dwarfs the spread.
     """
     m = x3.shape[0] * x3.shape[2]
-    shift = x3[:1, :, :1].copy()
-    total = np.zeros(x3.shape[1])
-    for s in _blocks(x3):
-        total += _sum_ab(x3[s] - shift)
-    mean = shift[0, :, 0].astype(np.float64) + total / m
-    mean_x = mean.astype(x3.dtype).reshape(1, -1, 1)
-    squares = np.zeros(x3.shape[1])
-    for s in _blocks(x3):
-        centered = x3[s] - mean_x
-        squares += _dot_ab(centered, centered)
-    return mean, squares / m
+    blocks = _blocks(x3)
+    first = x3[blocks[0]]
+    shift = (_sum_ab(first) / (first.shape[0] * first.shape[2])).astype(x3.dtype)
+    shift3 = shift.reshape(1, -1, 1)
+    s1 = s2 = 0.0
+    for s in blocks:
+        d = x3[s] - shift3
+        s1 = s1 + _sum_ab(d)
+        s2 = s2 + _dot_ab(d, d)
+    offset = s1 / m                                     # mu - s
+    var = np.maximum(s2 / m - offset * offset, 0.0)
+    return shift.astype(np.float64) + offset, var
 
 
 def normalize(x, mean, var, weight=None, bias=None, eps: float = 1e-5,
@@ -185,19 +212,20 @@ def _normalize(x: np.ndarray, axis: int, mean: np.ndarray, var: np.ndarray,
                weight, bias, eps: float) -> np.ndarray:
     x3 = _channel_view(x, axis)
     c = x3.shape[1]
+    # y = gamma (x - mu) / sqrt(var + eps) + beta = x * scale + shift: two operations
     scale = 1.0 / np.sqrt(var + eps)
     if weight is not None:
         scale = scale * np.asarray(weight, np.float64)
-    mean3 = _per_channel(mean, c, x.dtype)
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + np.asarray(bias, np.float64)
     scale3 = _per_channel(scale, c, x.dtype)
-    bias3 = _per_channel(bias, c, x.dtype)
+    shift3 = _per_channel(shift, c, x.dtype)
     y3 = np.empty_like(x3)
     for s in _blocks(x3):
         out = y3[s]
-        np.subtract(x3[s], mean3, out=out)
-        out *= scale3
-        if bias3 is not None:
-            out += bias3
+        np.multiply(x3[s], scale3, out=out)
+        out += shift3
     return y3.reshape(x.shape)
 
 
@@ -355,27 +383,27 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
     mean, var = _statistics(x3)
     invstd = 1.0 / np.sqrt(var + eps)
     mean3 = _per_channel(mean, c, x.dtype)
-    invstd3 = _per_channel(invstd, c, x.dtype)
 
     sum_g = np.zeros(c)
-    sum_g_xhat = np.zeros(c)
+    sum_g_xc = np.zeros(c)                  # sum of g * (x - mu)
     for s in _blocks(x3):
-        xhat = (x3[s] - mean3) * invstd3
         sum_g += _sum_ab(g3[s])
-        sum_g_xhat += _dot_ab(g3[s], xhat)
+        sum_g_xc += _dot_ab(g3[s], x3[s] - mean3)
+    sum_g_xhat = sum_g_xc * invstd
 
+    # grad_x = k (g - sum_g/m - xhat sum_g_xhat/m) with k = gamma invstd, written as
+    # k g + c_x x + c_0: with c_x = -k invstd sum_g_xhat/m and c_0 = -k sum_g/m - c_x mu
     gamma = np.ones(c) if weight is None else np.asarray(weight, np.float64)
-    k3 = _per_channel(gamma * invstd, c, x.dtype)
-    g_mean3 = _per_channel(sum_g / m, c, x.dtype)
-    gx_mean3 = _per_channel(sum_g_xhat / m, c, x.dtype)
+    k = gamma * invstd
+    c_x = -k * invstd * sum_g_xhat / m
+    c_0 = -k * sum_g / m - c_x * mean
+    k3, c_x3, c_03 = (_per_channel(v, c, x.dtype) for v in (k, c_x, c_0))
     grad_x3 = np.empty_like(x3)
     for s in _blocks(x3):
         out = grad_x3[s]
-        np.subtract(x3[s], mean3, out=out)
-        out *= invstd3                      # out = xhat
-        out *= gx_mean3                     # xhat * mean(g * xhat)
-        np.subtract(g3[s] - g_mean3, out, out=out)
-        out *= k3
+        np.multiply(x3[s], c_x3, out=out)
+        out += c_03
+        out += k3 * g3[s]
     return (grad_x3.reshape(x.shape), sum_g_xhat.astype(x.dtype), sum_g.astype(x.dtype))
 
 
