@@ -54,7 +54,7 @@ PathLike = Union[str, os.PathLike]
 _DATA_DIR = Path(__file__).resolve().parent / "_data"
 _MNIST_5K = _DATA_DIR / "mnist_5k.npz"
 
-#: The four standard file names, by split: (images, labels).
+#: The four standard file names, by split, as a pair (images file, labels file).
 IDX_FILES: Dict[str, Tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

@@ -1,0 +1,163 @@
+"""Plots of :class:`~bnkit.experiments.training.History` objects, in the book's style.
+
+Every function draws into the axes it is given (or new ones) and returns the
+figure, so a notebook can show it and the command line can save it.
+
+* :func:`plot_figure1` -- Ioffe & Szegedy's Figure 1: (a) test accuracy,
+  (b) percentiles of a sigmoid input without BN, (c) with BN.
+* :func:`plot_accuracy`, :func:`plot_percentiles` -- its panels, one at a time.
+* :func:`plot_beta_gamma` -- BN's beta and gamma against the measured mean
+  and standard deviation of the unit they control (and the plain network's).
+* :func:`plot_sweep` -- a metric against a swept setting, one curve per network.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..plotting import COLORS
+from .training import History
+
+__all__ = ["NET_COLORS", "plot_accuracy", "plot_percentiles", "plot_figure1", "plot_beta_gamma", "plot_sweep"]
+
+#: Colours of the networks across the book's experiment figures.
+NET_COLORS = {"plain": COLORS["blue"], "BN": COLORS["vermillion"], "noisy BN": COLORS["green"],
+              "BN after": COLORS["purple"]}
+
+
+def _axes(ax, ncols=1, figsize=None):
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(1, ncols, figsize=figsize, layout="constrained")
+    return fig, ax
+
+
+def _color(label: str, i: int) -> str:
+    order = ("blue", "vermillion", "green", "orange", "purple", "sky", "black")
+    return NET_COLORS.get(label, COLORS[order[i % len(order)]])
+
+
+def plot_accuracy(histories: Mapping[str, History], ax=None, title: str = "Test accuracy",
+                  ylim: Optional[Sequence[float]] = None):
+    """Test accuracy (%) against training steps, one line per labelled history."""
+    fig, ax = _axes(ax)
+    for i, (label, h) in enumerate(histories.items()):
+        ax.plot(h.eval_steps, 100 * h.test_accuracy, color=_color(label, i), label=label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test accuracy (%)")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_percentiles(history: History, ax=None, title: Optional[str] = None, color: Optional[str] = None,
+                     label: str = "", ylim: Optional[Sequence[float]] = None, legend_loc: str = "best",
+                     legend_ncol: int = 1):
+    """The recorded percentiles of the watched sigmoid input against training steps.
+
+    The median is drawn thick, the outer percentiles thin, as in the paper's
+    Figure 1 (b, c).
+    """
+    fig, ax = _axes(ax)
+    color = color or COLORS["blue"]
+    levels = history.config.get("percentile_levels", [15, 50, 85])
+    widths = {0: 1.0, len(levels) - 1: 1.0}
+    for j, p in enumerate(levels):
+        middle = j == len(levels) // 2
+        ax.plot(history.record_steps, history.percentiles[:, j], color=color,
+                lw=2.0 if middle else widths.get(j, 1.0), alpha=1.0 if middle else 0.75,
+                ls="-" if middle else "--", label=f"{p:g}th")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("sigmoid input $z$")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    layer, unit = history.config.get("train", {}).get("watch", (-1, 0))
+    ax.set_title(title or f"{label} sigmoid input (layer {layer}, unit {unit})".strip())
+    ax.legend(loc=legend_loc, ncol=legend_ncol, fontsize="small", title="percentile", title_fontsize="small")
+    return fig
+
+
+def plot_figure1(plain: History, bn: History, axes=None, suptitle: Optional[str] = None):
+    """The paper's Figure 1, three panels side by side.
+
+    (a) test accuracy of both networks; (b) the 15th/50th/85th percentiles of
+    the watched sigmoid input without BN; (c) the same with BN. Panels (b) and
+    (c) share their y-axis so the spreads compare directly.
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8), layout="constrained")
+    else:
+        fig = axes[0].figure
+    plot_accuracy({"plain": plain, "BN": bn}, ax=axes[0], title="(a) test accuracy")
+    legend = {"legend_loc": "upper center", "legend_ncol": 3}
+    plot_percentiles(plain, ax=axes[1], color=NET_COLORS["plain"], title="(b) sigmoid input, without BN", **legend)
+    plot_percentiles(bn, ax=axes[2], color=NET_COLORS["BN"], title="(c) sigmoid input, with BN", **legend)
+    lo = min(plain.percentiles.min(), bn.percentiles.min())
+    hi = max(plain.percentiles.max(), bn.percentiles.max())
+    span = hi - lo if hi > lo else 1.0
+    for ax in axes[1:]:  # headroom at the top for the legend
+        ax.set_ylim(lo - 0.05 * span, hi + 0.3 * span)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_beta_gamma(bn: History, plain: Optional[History] = None, axes=None):
+    r"""Where the distribution of the watched unit lives.
+
+    Left: BN's :math:`\beta` and the measured mean of the sigmoid input
+    :math:`z` (and, dashed, the plain network's measured mean, which no single
+    parameter holds). Right: :math:`|\gamma|` and the measured standard
+    deviation of :math:`z` (and the plain network's).
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    else:
+        fig = axes[0].figure
+    c_bn, c_plain = NET_COLORS["BN"], NET_COLORS["plain"]
+    s = bn.record_steps
+    axes[0].plot(s, bn.beta, color=c_bn, lw=2.5, alpha=0.5, label=r"BN: $\beta$ (a parameter)")
+    axes[0].plot(s, bn.unit_mean, color=c_bn, lw=1.0, ls="--", label="BN: measured mean of $z$")
+    axes[1].plot(s, np.abs(bn.gamma), color=c_bn, lw=2.5, alpha=0.5, label=r"BN: $|\gamma|$ (a parameter)")
+    axes[1].plot(s, bn.unit_std, color=c_bn, lw=1.0, ls="--", label="BN: measured std of $z$")
+    if plain is not None:
+        axes[0].plot(plain.record_steps, plain.unit_mean, color=c_plain, lw=1.0,
+                     label="plain: measured mean of $z$")
+        axes[1].plot(plain.record_steps, plain.unit_std, color=c_plain, lw=1.0,
+                     label="plain: measured std of $z$")
+    axes[0].set_title("mean of the sigmoid input")
+    axes[1].set_title("spread of the sigmoid input")
+    for ax, lab in zip(axes, ("mean", "standard deviation")):
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{lab} of $z$")
+        ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def plot_sweep(x: Sequence[float], curves: Mapping[str, Sequence[float]], ax=None, xlabel: str = "",
+               ylabel: str = "", title: str = "", logx: bool = True, percent: bool = False):
+    """One line with markers per labelled curve: ``curves[label][i]`` at ``x[i]``.
+
+    ``percent`` multiplies the values by 100 (for accuracies in [0, 1]).
+    """
+    fig, ax = _axes(ax)
+    for i, (label, ys) in enumerate(curves.items()):
+        ys = np.asarray(ys, dtype=float) * (100 if percent else 1)
+        ax.plot(x, ys, marker="o", color=_color(label, i), label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best")
+    return fig
