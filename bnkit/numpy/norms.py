@@ -55,6 +55,7 @@ import numpy as np
 
 from .. import _checks
 from .functional import _as_float_array
+from .layers import _to_numpy
 
 __all__ = [
     "layer_norm",
@@ -597,9 +598,3 @@ class GroupNorm(_PerExampleNorm):
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
                 f"affine={self.affine}, bias={self.bias is not None})")
 
-
-def _to_numpy(v):
-    """An array from a NumPy array, a number or a torch tensor (without importing torch)."""
-    if hasattr(v, "detach"):
-        v = v.detach().cpu().numpy()
-    return v

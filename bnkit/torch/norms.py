@@ -260,7 +260,25 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
 
 
 # ----------------------------------------------------------------------------- modules
-class LayerNorm(nn.Module):
+class _AffineNorm(nn.Module):
+    """Shared parameters of LayerNorm and GroupNorm: ``weight`` (ones) and ``bias`` (zeros)."""
+
+    def _register_affine(self, shape, affine: bool, bias: bool, device, dtype) -> None:
+        factory = {"device": device, "dtype": dtype}
+        weight = nn.Parameter(torch.ones(shape, **factory)) if affine else None
+        self.register_parameter("weight", weight)
+        self.register_parameter("bias", nn.Parameter(torch.zeros(shape, **factory))
+                                if affine and bias else None)
+
+    def reset_parameters(self) -> None:
+        """Weight 1, bias 0."""
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class LayerNorm(_AffineNorm):
     r"""Layer normalization over the trailing axes, like :class:`torch.nn.LayerNorm`.
 
     .. math::
@@ -301,23 +319,7 @@ class LayerNorm(nn.Module):
         _checks.check_eps(eps)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        factory = {"device": device, "dtype": dtype}
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(self.normalized_shape, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        """Weight 1, bias 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._register_affine(self.normalized_shape, elementwise_affine, bias, device, dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -327,7 +329,7 @@ class LayerNorm(nn.Module):
                 f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(_AffineNorm):
     r"""Group normalization over an input (N, C, ...), like :class:`torch.nn.GroupNorm`.
 
     .. math::
@@ -378,23 +380,7 @@ class GroupNorm(nn.Module):
         self.num_channels = int(num_channels)
         self.eps = eps
         self.affine = affine
-        factory = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.ones(self.num_channels, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(self.num_channels, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        """Weight 1, bias 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self._register_affine((self.num_channels,), affine, bias, device, dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.Tensor) and input.dim() >= 2 and input.shape[1] != self.num_channels:
