@@ -23,6 +23,7 @@ from urllib.request import url2pathname
 
 import pytest
 import yaml
+from book_testing import toc_files
 
 pytestmark = pytest.mark.browser
 
@@ -47,25 +48,6 @@ TIMEOUT_MS = 15_000
 
 
 # --------------------------------------------------------------------------- the pages
-
-
-def toc_files() -> list[str]:
-    """Every ``file:`` entry of _toc.yml (the root first), without extension."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf8"))
-    files = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
-    return files
 
 
 def book_pages() -> list[str]:

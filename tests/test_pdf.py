@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
+from book_testing import toc_files
 
 pytestmark = pytest.mark.pdf
 
@@ -32,26 +33,6 @@ def _squash(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _toc_files() -> list[str]:
-    import yaml
-
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf8"))
-    files: list[str] = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
-    return files
-
-
 def _notebook(path: str) -> dict:
     return json.loads((ROOT / f"{path}.ipynb").read_text(encoding="utf8"))
 
@@ -63,7 +44,7 @@ def _source(cell: dict) -> str:
 def chapter_titles() -> list[str]:
     """The first ``# `` heading of every notebook the TOC lists, in TOC order."""
     titles = []
-    for path in _toc_files():
+    for path in toc_files(include_root=False):
         if not (ROOT / f"{path}.ipynb").is_file():
             continue
         for cell in _notebook(path)["cells"]:
@@ -86,7 +67,7 @@ def prose_only_tex_commands() -> set[str]:
     """
     in_prose: set[str] = set()
     in_code: set[str] = set()
-    for path in _toc_files():
+    for path in toc_files(include_root=False):
         if (ROOT / f"{path}.ipynb").is_file():
             cells = _notebook(path)["cells"]
             texts = [_source(c) for c in cells if c["cell_type"] == "markdown"]
