@@ -12,6 +12,7 @@ import numbers
 from typing import Optional, Sequence
 
 __all__ = [
+    "check_positive_int",
     "check_eps",
     "check_momentum",
     "check_input_rank",
@@ -24,6 +25,12 @@ __all__ = [
 def _is_real(v) -> bool:
     """A real number (Python or NumPy scalar), not a bool."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_positive_int(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int (Python or NumPy) > 0, not a bool."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"{name} must be a positive int (got {value!r})")
 
 
 def check_eps(eps: float) -> None:

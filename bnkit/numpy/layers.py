@@ -76,8 +76,7 @@ class BatchNorm:
                  affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
                  dtype=np.float64, momentum_convention: str = "torch",
                  unbiased_running_var: Optional[bool] = None):
-        if not (isinstance(num_features, (int, np.integer)) and num_features > 0):
-            raise ValueError(f"num_features must be a positive int (got {num_features!r})")
+        _checks.check_positive_int("num_features", num_features)
         _checks.check_eps(eps)
         _checks.check_momentum(momentum, allow_none=True)
         if momentum_convention not in _conventions.CONVENTIONS:

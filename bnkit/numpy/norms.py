@@ -406,14 +406,28 @@ class _PerExampleNorm:
         """Set eval mode (the same computation as training mode); returns ``self``."""
         return self.train(False)
 
-    def _store_grads(self, grad_weight, grad_bias) -> None:
-        self.grad_weight = grad_weight if self.weight is not None else None
-        self.grad_bias = grad_bias if self.bias is not None else None
+    def forward(self, x) -> np.ndarray:
+        """Normalize ``x``; see the class docstring for the axes."""
+        x = _as_float_array(x)
+        y = self._forward(x)
+        self._cache = x
+        return y
 
-    def _cached_input(self) -> np.ndarray:
+    def __call__(self, x) -> np.ndarray:
+        return self.forward(x)
+
+    def backward(self, grad_y) -> np.ndarray:
+        r"""Back-propagate :math:`\partial L/\partial y` through the last :meth:`forward`.
+
+        Returns :math:`\partial L/\partial x`; stores ``grad_weight`` and
+        ``grad_bias`` (``None`` for a parameter the layer does not have).
+        """
         if self._cache is None:
             raise RuntimeError("backward() called before forward()")
-        return self._cache
+        gx, gw, gb = self._backward(grad_y, self._cache)
+        self.grad_weight = gw if self.weight is not None else None
+        self.grad_bias = gb if self.bias is not None else None
+        return gx
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of the parameters, under PyTorch's keys (``weight``, ``bias``)."""
@@ -490,25 +504,11 @@ class LayerNorm(_PerExampleNorm):
         self._param_shape = self.normalized_shape
         super().__init__(self.elementwise_affine, bias, dtype)
 
-    def forward(self, x) -> np.ndarray:
-        """Normalize ``x`` of shape (N, ..., D_1, ..., D_k); see the class docstring."""
-        x = _as_float_array(x)
-        y = layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        self._cache = x
-        return y
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
-    __call__ = forward
-
-    def backward(self, grad_y) -> np.ndarray:
-        r"""Back-propagate :math:`\partial L/\partial y` through the last :meth:`forward`.
-
-        Returns :math:`\partial L/\partial x`; stores ``grad_weight`` and
-        ``grad_bias`` (``None`` for a parameter the layer does not have).
-        """
-        x = self._cached_input()
-        gx, gw, gb = layer_norm_backward(grad_y, x, self.normalized_shape, self.weight, self.eps)
-        self._store_grads(gw, gb)
-        return gx
+    def _backward(self, grad_y, x: np.ndarray):
+        return layer_norm_backward(grad_y, x, self.normalized_shape, self.weight, self.eps)
 
     def __repr__(self) -> str:
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
@@ -559,9 +559,7 @@ class GroupNorm(_PerExampleNorm):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
                  affine: bool = True, bias: bool = True, dtype=np.float64):
-        if not (isinstance(num_channels, numbers.Integral) and not isinstance(num_channels, bool)
-                and num_channels > 0):
-            raise ValueError(f"num_channels must be a positive int (got {num_channels!r})")
+        _checks.check_positive_int("num_channels", num_channels)
         _check_num_groups(num_groups, num_channels)
         _checks.check_eps(eps)
         self.num_groups = int(num_groups)
@@ -571,28 +569,14 @@ class GroupNorm(_PerExampleNorm):
         self._param_shape = (self.num_channels,)
         super().__init__(self.affine, bias, dtype)
 
-    def forward(self, x) -> np.ndarray:
-        """Normalize ``x`` of shape (N, C, ...); see the class docstring."""
-        x = _as_float_array(x)
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim >= 2 and x.shape[1] != self.num_channels:
             raise ValueError(f"input has {x.shape[1]} channels (shape {x.shape}) but "
                              f"num_channels={self.num_channels}")
-        y = group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        self._cache = x
-        return y
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
-    __call__ = forward
-
-    def backward(self, grad_y) -> np.ndarray:
-        r"""Back-propagate :math:`\partial L/\partial y` through the last :meth:`forward`.
-
-        Returns :math:`\partial L/\partial x`; stores ``grad_weight`` and
-        ``grad_bias`` (``None`` for a parameter the layer does not have).
-        """
-        x = self._cached_input()
-        gx, gw, gb = group_norm_backward(grad_y, x, self.num_groups, self.weight, self.eps)
-        self._store_grads(gw, gb)
-        return gx
+    def _backward(self, grad_y, x: np.ndarray):
+        return group_norm_backward(grad_y, x, self.num_groups, self.weight, self.eps)
 
     def __repr__(self) -> str:
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "

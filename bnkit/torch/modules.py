@@ -47,8 +47,7 @@ class _BatchNorm(nn.Module):
                  affine: bool = True, track_running_stats: bool = True, device=None,
                  dtype=None):
         super().__init__()
-        if not (isinstance(num_features, int) and num_features > 0):
-            raise ValueError(f"num_features must be a positive int (got {num_features!r})")
+        _checks.check_positive_int("num_features", num_features)
         _checks.check_eps(eps)
         _checks.check_momentum(momentum, allow_none=True)
         factory = {"device": device, "dtype": dtype}

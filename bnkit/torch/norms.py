@@ -27,7 +27,6 @@ NumPy twin and the details.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -371,9 +370,7 @@ class GroupNorm(_AffineNorm):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
                  affine: bool = True, device=None, dtype=None, *, bias: bool = True):
         super().__init__()
-        if not (isinstance(num_channels, numbers.Integral) and not isinstance(num_channels, bool)
-                and num_channels > 0):
-            raise ValueError(f"num_channels must be a positive int (got {num_channels!r})")
+        _checks.check_positive_int("num_channels", num_channels)
         _check_num_groups(num_groups, num_channels)
         _checks.check_eps(eps)
         self.num_groups = int(num_groups)
