@@ -55,6 +55,10 @@ class BatchNorm:
         Store the unbiased batch variance :math:`\frac{m}{m-1}\sigma^2_\mathcal{B}`
         in ``running_var`` (True, PyTorch) or the biased :math:`\sigma^2_\mathcal{B}`
         (False, Keras 3). ``None``: the convention's own choice.
+    bias : bool, default True, keyword-only
+        With ``affine``, also learn :math:`\beta`; ``affine=True, bias=False``
+        learns a scale :math:`\gamma` and no shift (``bias`` is ``None`` and
+        absent from the state dict), as torch 2.13's ``BatchNorm*d(..., bias=False)``.
 
     Shape
     -----
@@ -75,7 +79,7 @@ class BatchNorm:
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
                  dtype=np.float64, momentum_convention: str = "torch",
-                 unbiased_running_var: Optional[bool] = None):
+                 unbiased_running_var: Optional[bool] = None, *, bias: bool = True):
         _checks.check_positive_int("num_features", num_features)
         _checks.check_eps(eps)
         _checks.check_momentum(momentum, allow_none=True)
@@ -94,7 +98,7 @@ class BatchNorm:
         self.channel_axis = channel_axis
         self.training = True
         self.weight = np.ones(num_features, dtype) if affine else None
-        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine and bias else None
         self.grad_weight = None
         self.grad_bias = None
         if track_running_stats:
@@ -168,7 +172,7 @@ class BatchNorm:
         r"""Back-propagate :math:`\partial L/\partial y` through the last :meth:`forward`.
 
         Returns :math:`\partial L/\partial x` and stores ``grad_weight`` and
-        ``grad_bias`` (``None`` when ``affine=False``). The gradient is the
+        ``grad_bias`` (``None`` for a parameter the layer does not have). The gradient is the
         training-mode one when the forward used batch statistics, the eval-mode
         one (statistics are constants) otherwise.
         """
@@ -181,16 +185,17 @@ class BatchNorm:
             gx, gw, gb = F.batch_norm_eval_backward(grad_y, x, self.running_mean,
                                                     self.running_var, self.weight, self.eps,
                                                     axis)
-        if self.affine:
-            self.grad_weight, self.grad_bias = gw, gb
+        self.grad_weight = gw if self.weight is not None else None
+        self.grad_bias = gb if self.bias is not None else None
         return gx
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of the parameters and buffers, under PyTorch's keys."""
         state = {}
-        if self.affine:
+        if self.weight is not None:
             state["weight"] = self.weight.copy()
+        if self.bias is not None:
             state["bias"] = self.bias.copy()
         if self.track_running_stats:
             state["running_mean"] = self.running_mean.copy()
@@ -225,7 +230,8 @@ class BatchNorm:
             extra = (f", momentum_convention={self.momentum_convention!r}, "
                      f"unbiased_running_var={self.unbiased_running_var}")
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}, "
                 f"channel_axis={self.channel_axis}{extra})")
 
 

@@ -539,10 +539,11 @@ class GroupNorm(_PerExampleNorm):
     affine : bool, default True
         Learn :math:`\gamma` (``weight``, ones of shape (C,)) and :math:`\beta`
         (``bias``, zeros).
-    bias : bool, default True
-        With ``affine``, also learn :math:`\beta` (False: ``weight`` only).
     dtype : numpy dtype, default float64
         Of the parameters. Inputs keep their own dtype.
+    bias : bool, default True, keyword-only
+        With ``affine``, also learn :math:`\beta` (False: ``weight`` only), as
+        torch 2.13's ``GroupNorm(..., bias=False)``.
 
     Shape
     -----
@@ -558,7 +559,7 @@ class GroupNorm(_PerExampleNorm):
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
-                 affine: bool = True, bias: bool = True, dtype=np.float64):
+                 affine: bool = True, dtype=np.float64, *, bias: bool = True):
         _checks.check_positive_int("num_channels", num_channels)
         _check_num_groups(num_groups, num_channels)
         _checks.check_eps(eps)
