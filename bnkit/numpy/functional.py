@@ -137,7 +137,8 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     mean, var : ndarray of shape (C,), dtype of ``x``
-        Batch mean and biased batch variance of every channel.
+        Batch mean and biased batch variance of every channel; NaN for an
+        empty batch (no values, no statistics).
     """
     x = _as_float_array(x)
     _checks.check_input_rank(x.ndim)
@@ -161,6 +162,8 @@ def _statistics(x3: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     digits, even when the mean dwarfs the spread.
     """
     m = x3.shape[0] * x3.shape[2]
+    if m == 0:                                          # an empty batch: no statistics
+        return np.full(x3.shape[1], np.nan), np.full(x3.shape[1], np.nan)
     blocks = _blocks(x3)
     first = x3[blocks[0]]
     shift = (_sum_ab(first) / (first.shape[0] * first.shape[2])).astype(x3.dtype)
@@ -268,7 +271,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     In training mode :math:`\mu, \sigma^2` are the batch mean and *biased*
     batch variance of each channel, and ``running_mean``/``running_var`` (when
     given) are updated in place with :func:`update_running_stats`. In eval mode
-    the running statistics are used and nothing is updated.
+    the running statistics are used and nothing is updated. An empty batch
+    (a zero-size axis, e.g. N = 0 at the end of a sharded dataset) gives an
+    empty output and leaves the running statistics as they are, as in PyTorch.
 
     Parameters
     ----------
@@ -364,7 +369,8 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
     grad_x : ndarray, same shape and dtype as ``x``
     grad_weight, grad_bias : ndarray of shape (C,), dtype of ``x``
         Returned even when ``weight`` is ``None`` (then they are what the
-        gradients of a weight of ones and a bias of zeros would be).
+        gradients of a weight of ones and a bias of zeros would be). Zeros
+        for an empty batch, as in PyTorch.
     """
     x = _as_float_array(x)
     grad_y = _as_float_array(grad_y, "grad_y")
@@ -376,6 +382,8 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
     c = x.shape[axis]
     _check_vectors(c, weight=weight)
     _checks.check_training_batch(x.shape, axis)
+    if x.size == 0:          # an empty batch: an empty gradient, sums over nothing are 0
+        return np.empty_like(x), np.zeros(c, x.dtype), np.zeros(c, x.dtype)
 
     x3 = _channel_view(x, axis)
     g3 = _channel_view(grad_y.astype(x.dtype, copy=False), axis)

@@ -25,6 +25,11 @@ class BatchNorm:
     stored); in eval mode the running statistics are used. It also
     back-propagates: :meth:`backward` after :meth:`forward`.
 
+    An empty batch (a zero-size axis, e.g. N = 0) gives an empty output; in
+    training it leaves the running statistics as they are but still counts in
+    ``num_batches_tracked``, and the weight and bias gradients are zeros: all
+    as in PyTorch 2.13.
+
     Parameters
     ----------
     num_features : int
