@@ -50,8 +50,10 @@ class BatchNorm:
     channel_axis : int, default 1
         1 for (N, C, ...) inputs, -1 for channels-last (N, ..., C).
     dtype : numpy dtype, default float64
-        Dtype of the parameters and running statistics. Inputs keep their own
-        dtype: a float32 input gives a float32 output.
+        Dtype of the parameters, their gradients and the running statistics.
+        Inputs keep their own dtype: a float16 or float32 input gives an output
+        of its dtype, its statistics summed in float32 or wider and updating the
+        running statistics in this dtype (the dtype policy of :mod:`bnkit.numpy`).
     momentum_convention : {"torch", "keras"}, default "torch"
         How ``momentum`` is read; see :mod:`bnkit.conventions`. A Keras-convention
         layer with ``momentum=m`` keeps the same running mean as a PyTorch-convention
@@ -136,31 +138,33 @@ class BatchNorm:
         leaves the running statistics and ``num_batches_tracked`` as they were.
         """
         x = F._as_float_array(x)
-        axis = self._check_call(x)
+        axis = self._check_call(x)          # the functions check the rest before computing
         batch_stats = self._uses_batch_stats
         if batch_stats:
-            mean, var = F.batch_statistics(x, axis)
+            y, mean, var = F.batch_norm_training(x, self.weight, self.bias, self.eps, axis)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var, x.size // self.num_features)
         else:
-            mean, var = self.running_mean, self.running_var
-        y = F.normalize(x, mean, var, self.weight, self.bias, self.eps, axis)
-        if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var, x.size // x.shape[axis])
+            y = F.normalize(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.eps, axis)
         self._cache = (x, axis, batch_stats)
         return y
 
     __call__ = forward
 
     def _check_call(self, x: np.ndarray) -> int:
-        """All of :meth:`forward`'s checks; returns the non-negative channel axis."""
+        """The layer's own checks; returns the non-negative channel axis.
+
+        The input's rank and dtype, ``eps``, ``weight``, ``bias`` and the batch
+        size are checked by the function :meth:`forward` calls, before it
+        computes anything; nothing changes before both have passed.
+        """
         _checks.check_input_rank(x.ndim)
         axis = _checks.normalize_channel_axis(self.channel_axis, x.ndim)
         _checks.check_channel_vector("input channels", (x.shape[axis],), self.num_features)
-        _checks.check_eps(self.eps)
         _checks.check_momentum(self.momentum, allow_none=True)
-        F._check_vectors(x.shape[axis], weight=self.weight, bias=self.bias,
-                         running_mean=self.running_mean, running_var=self.running_var)
-        if self._uses_batch_stats:
-            _checks.check_training_batch(x.shape, axis)
+        F._check_vectors(x.shape[axis], running_mean=self.running_mean,
+                         running_var=self.running_var)
         return axis
 
     def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
