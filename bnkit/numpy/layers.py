@@ -2,6 +2,7 @@ r"""A stateful NumPy batch-norm layer: a thin wrapper over :mod:`bnkit.numpy.fun
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Dict, Optional
 
 import numpy as np
@@ -199,9 +200,17 @@ class BatchNorm:
         return gx
 
     # ------------------------------------------------------------------ state
+    #: The state-dict format, torch's ``_NormBase._version``: version 2 added
+    #: ``num_batches_tracked`` (torch 0.4.1).
+    _version = 2
+
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of the parameters and buffers, under PyTorch's keys."""
-        state = {}
+        """Copies of the parameters and buffers, under PyTorch's keys.
+
+        An ordered dict which, like torch's, carries ``_metadata = {"": {"version": 2}}``.
+        """
+        state = OrderedDict()
+        state._metadata = OrderedDict([("", {"version": self._version})])
         if self.weight is not None:
             state["weight"] = self.weight.copy()
         if self.bias is not None:
@@ -216,22 +225,40 @@ class BatchNorm:
         """Load a state dict (NumPy arrays or torch tensors), checking keys and shapes.
 
         The keys must be exactly those :meth:`state_dict` gives (a torch
-        ``BatchNorm*d``'s state dict with the same ``affine`` and
-        ``track_running_stats`` fits). Nothing is changed if a check fails.
+        ``BatchNorm*d``'s state dict with the same ``affine``, ``bias`` and
+        ``track_running_stats`` fits), with one exception taken from torch's
+        ``_NormBase._load_from_state_dict``: a state dict older than version 2
+        (``state_dict._metadata[""]["version"] < 2``, or no version at all, as
+        in a plain dict) may lack ``num_batches_tracked``, which then keeps the
+        layer's current value (0 for a fresh layer).
+
+        The values are copied into arrays of the layer's dtypes (a float32
+        checkpoint loaded into a float64 layer stays float64), as torch copies
+        into its existing tensors. Nothing is changed if a check fails.
         """
-        expected = set(self.state_dict())
-        got = set(state_dict)
+        state = dict(state_dict)
+        version = (getattr(state_dict, "_metadata", None) or {}).get("", {}).get("version")
+        if ((version is None or version < 2) and self.track_running_stats
+                and "num_batches_tracked" not in state):
+            state["num_batches_tracked"] = self.num_batches_tracked
+        current = self.state_dict()
+        expected, got = set(current), set(state)
         if got != expected:
             missing, unexpected = sorted(expected - got), sorted(got - expected)
+            hint = ("; a checkpoint saved before num_batches_tracked existed loads when its "
+                    "version is < 2 or absent, as in torch"
+                    if missing == ["num_batches_tracked"] else "")
             raise KeyError(f"state dict keys do not match: missing {missing}, "
-                           f"unexpected {unexpected}")
-        arrays = {k: np.array(_to_numpy(v), copy=True) for k, v in state_dict.items()}
-        for k, v in arrays.items():
+                           f"unexpected {unexpected}{hint}")
+        arrays = {}
+        for k, v in state.items():
+            v = np.asarray(_to_numpy(v))
             want = () if k == "num_batches_tracked" else (self.num_features,)
             if v.shape != want:
                 raise ValueError(f"{k} has shape {v.shape}, expected {want}")
+            arrays[k] = int(v) if k == "num_batches_tracked" else v.astype(current[k].dtype)
         for k, v in arrays.items():
-            setattr(self, k, int(v) if k == "num_batches_tracked" else v)
+            setattr(self, k, v)
 
     def __repr__(self) -> str:
         extra = ""
