@@ -11,9 +11,12 @@ NCHW image) over the :math:`m` values the batch holds for it:
     y_{ic} = \gamma_c \hat x_{ic} + \beta_c .
 
 The input is viewed as an array of shape ``(A, C, B)``: ``A`` is the product
-of the axes before the channel axis, ``B`` the product of those after it.
-For NCHW that is ``(N, C, H*W)``; for channels-last NHWC it is ``(N*H*W, C, 1)``.
-The reductions run over axes 0 and 2 of that view, in blocks of rows that fit
+of the axes before the channel axis *in memory*, ``B`` the product of those
+after it. For NCHW that is ``(N, C, H*W)``; for channels-last NHWC it is
+``(N*H*W, C, 1)``, and for an NHWC view of NCHW memory (``np.moveaxis``) it
+is ``(N, C, H*W)`` again: an input whose axes are a permutation of a
+contiguous array's is read where it lies, without a copy, and the output is
+laid out like it; any other input is copied once. The reductions run over axes 0 and 2 of that view, in blocks of rows that fit
 in the CPU cache, so each element is read from memory as few times as
 possible; partial sums are accumulated in float64, so float32 inputs whose
 mean dwarfs their spread stay accurate. A block is computed in the input's
@@ -73,11 +76,31 @@ def _grad_dtype(x: np.ndarray, weight) -> np.dtype:
     return x.dtype if weight is None else np.asarray(weight).dtype
 
 
-def _channel_view(x: np.ndarray, axis: int) -> np.ndarray:
-    """View ``x`` as ``(A, C, B)`` with the channel axis in the middle."""
-    a = math.prod(x.shape[:axis])
-    b = math.prod(x.shape[axis + 1:])
-    return np.ascontiguousarray(x).reshape(a, x.shape[axis], b)
+def _memory_order(x: np.ndarray) -> Tuple[int, ...]:
+    """The axes of ``x`` from the outermost in memory to the innermost (decreasing strides)."""
+    return tuple(sorted(range(x.ndim), key=lambda i: -x.strides[i]))
+
+
+def _channel_view(x: np.ndarray, axis: int, order=None) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """``x`` as an ``(A, C, B)`` array with the channel axis in the middle, and the axis order.
+
+    The axes are taken in ``order`` (default: ``x``'s memory order), ``A`` being
+    the product of those before the channel axis and ``B`` of those after it;
+    the statistics do not depend on the order the values are visited in. No
+    copy is made when ``x`` is a contiguous array with its axes permuted (NCHW
+    memory seen as NHWC through ``np.moveaxis``, say), one otherwise.
+    """
+    if order is None:
+        order = _memory_order(x)
+    xt = np.ascontiguousarray(x.transpose(order))
+    p = order.index(axis)
+    return xt.reshape(math.prod(xt.shape[:p]), xt.shape[p], math.prod(xt.shape[p + 1:])), order
+
+
+def _from_channel_view(y3: np.ndarray, shape, order) -> np.ndarray:
+    """Inverse of :func:`_channel_view`: an ``(A, C, B)`` result as an array of ``shape``
+    (laid out in memory like the input it was computed from)."""
+    return y3.reshape(tuple(shape[i] for i in order)).transpose(np.argsort(order))
 
 
 def _blocks(x3: np.ndarray) -> List[slice]:
@@ -165,7 +188,7 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     x = _as_float_array(x)
     _checks.check_input_rank(x.ndim)
     axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
-    mean, var = _statistics(_channel_view(x, axis))
+    mean, var = _statistics(_channel_view(x, axis)[0])
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -235,7 +258,8 @@ def normalize(x, mean, var, weight=None, bias=None, eps: float = 1e-5,
 
 def _normalize(x: np.ndarray, axis: int, mean: np.ndarray, var: np.ndarray,
                weight, bias, eps: float) -> np.ndarray:
-    return _normalize3(_channel_view(x, axis), mean, var, weight, bias, eps).reshape(x.shape)
+    x3, order = _channel_view(x, axis)
+    return _from_channel_view(_normalize3(x3, mean, var, weight, bias, eps), x.shape, order)
 
 
 def _normalize3(x3: np.ndarray, mean: np.ndarray, var: np.ndarray, weight, bias,
@@ -407,9 +431,10 @@ def batch_norm_training(x, weight=None, bias=None, eps: float = 1e-5, channel_ax
 
 def _batch_norm_training(x: np.ndarray, axis: int, weight, bias, eps: float):
     """(y, float64 mean, float64 biased var) of checked arguments; ``x`` viewed once."""
-    x3 = _channel_view(x, axis)
+    x3, order = _channel_view(x, axis)
     mean, var = _statistics(x3)
-    return _normalize3(x3, mean, var, weight, bias, eps).reshape(x.shape), mean, var
+    y3 = _normalize3(x3, mean, var, weight, bias, eps)
+    return _from_channel_view(y3, x.shape, order), mean, var
 
 
 def _values_per_channel(shape, axis: int) -> int:
@@ -470,8 +495,8 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
         return np.empty_like(x), np.zeros(c, _grad_dtype(x, weight)), np.zeros(
             c, _grad_dtype(x, weight))
 
-    x3 = _channel_view(x, axis)
-    g3 = _channel_view(grad_y.astype(x.dtype, copy=False), axis)
+    x3, order = _channel_view(x, axis)
+    g3, _ = _channel_view(grad_y.astype(x.dtype, copy=False), axis, order)
     m = x3.shape[0] * x3.shape[2]
     mean, var = _statistics(x3)
     invstd = 1.0 / np.sqrt(var + eps)
@@ -505,7 +530,8 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
             t += k3 * g3[s]
             grad_x3[s] = t
     gdt = _grad_dtype(x, weight)
-    return grad_x3.reshape(x.shape), sum_g_xhat.astype(gdt), sum_g.astype(gdt)
+    return (_from_channel_view(grad_x3, x.shape, order), sum_g_xhat.astype(gdt),
+            sum_g.astype(gdt))
 
 
 def batch_norm_eval_backward(grad_y, x, running_mean, running_var, weight=None,
@@ -533,13 +559,14 @@ def batch_norm_eval_backward(grad_y, x, running_mean, running_var, weight=None,
     axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
     _check_vectors(c, running_mean=running_mean, running_var=running_var, weight=weight)
-    x3 = _channel_view(x, axis)
-    g3 = _channel_view(grad_y.astype(x.dtype, copy=False), axis)
+    x3, order = _channel_view(x, axis)
+    g3, _ = _channel_view(grad_y.astype(x.dtype, copy=False), axis, order)
     invstd = 1.0 / np.sqrt(np.asarray(running_var, np.float64) + eps)
     gamma = np.ones(c) if weight is None else np.asarray(weight, np.float64)
     dtype = _compute_dtype(x.dtype)
     xhat3 = (x3 - _per_channel(running_mean, c, dtype)) * _per_channel(invstd, c, dtype)
     grad_x3 = (g3 * _per_channel(gamma * invstd, c, dtype)).astype(x.dtype, copy=False)
     gdt = _grad_dtype(x, weight)
-    return grad_x3.reshape(x.shape), _dot_ab(g3, xhat3).astype(gdt), _sum_ab(g3).astype(gdt)
+    return (_from_channel_view(grad_x3, x.shape, order), _dot_ab(g3, xhat3).astype(gdt),
+            _sum_ab(g3).astype(gdt))
 
