@@ -88,12 +88,10 @@ def check_channel_vector(name: str, shape: Optional[Sequence[int]], num_channels
 
 
 def check_training_batch(shape: Sequence[int], channel_axis: int) -> None:
-    """Raise ``ValueError`` when training would see exactly one value per channel.
+    """Raise ``ValueError`` when training would see one value per channel.
 
     The batch variance of a single value is 0 and its unbiased estimate divides
-    by zero, so PyTorch refuses; so do we, with PyTorch's message. Zero values
-    (an empty batch) are allowed, as in PyTorch: the output is empty and the
-    running statistics stay as they are.
+    by zero, so PyTorch refuses; so do we, with PyTorch's message.
     """
     values_per_channel = math.prod(s for i, s in enumerate(shape) if i != channel_axis)
     if values_per_channel == 1:
