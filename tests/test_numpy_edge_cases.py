@@ -212,3 +212,24 @@ def test_group_norm_with_an_empty_spatial_axis_has_zero_gradients(rng):
     assert y.shape == gx.shape == (2, 4, 0)
     np.testing.assert_array_equal(gw, np.zeros(4))
     np.testing.assert_array_equal(gb, np.zeros(4))
+
+
+def test_no_channels_give_an_empty_output_like_torch():
+    """torch's functional accepts C = 0 too (there is no layer with 0 features)."""
+    expected = F.batch_norm(torch.zeros(4, 0, dtype=torch.float64), None, None, training=True)
+    y = bnp.batch_norm(np.zeros((4, 0)), training=True)
+    gx, gw, gb = bnp.batch_norm_backward(np.zeros((4, 0)), np.zeros((4, 0)))
+    assert y.shape == gx.shape == tuple(expected.shape) == (4, 0)
+    assert gw.shape == gb.shape == (0,)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_empty_batch_with_the_wrong_channel_count_is_refused_and_changes_nothing(rng, training):
+    layer = bnp.BatchNorm(C)
+    layer(random_batch(rng, (4, C)))
+    layer.train(training)
+    before = {k: np.array(v) for k, v in layer.state_dict().items()}
+    with pytest.raises(ValueError, match="channels"):
+        layer(np.zeros((0, C + 1)))
+    for key, value in before.items():
+        np.testing.assert_array_equal(layer.state_dict()[key], value, err_msg=key)
