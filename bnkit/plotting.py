@@ -231,10 +231,10 @@ def plot_batch_matrix(x, gamma, beta, column: int = 0, eps: float = 1e-5,
                ("gamma", r"$\gamma$", gamma), ("beta", r"$\beta$", beta)]
 
     if fig is None:
-        fig = plt.figure(figsize=(2.3 + 1.45 * d, 1.2 + 0.42 * (n + 5)))
+        fig = plt.figure(figsize=(0.8 * (2 * d + 3.8), 0.8 + 0.42 * (n + 5)))
     ax = fig.add_subplot(1, 1, 1)
     h, w = 0.62, 1.0
-    gap = 1.6                                           # between the x and y blocks
+    gap = 2.8                                           # between the x and y blocks
     top = 0.0
     for block, values, left in (("x", x, 0.0), ("y", y, d * w + gap)):
         for k in range(d):
