@@ -139,8 +139,9 @@ def plot_normalization_sets(norms: Sequence[str] = tuple(NORMALIZATIONS),
 # Chapter 1: the N x D matrix, one column's statistics and parameters
 # --------------------------------------------------------------------------------------
 
-#: Face colours of the schematic figures: the highlighted set, everything else.
+#: Face colour of the highlighted cells in the schematic figures.
 HIGHLIGHT = "#CFE3F3"
+#: Face colour of the other cells.
 PLAIN = "#F4F4F4"
 
 

@@ -112,29 +112,22 @@ def saturation_bound(activation: str = "sigmoid", threshold: float = 0.1) -> flo
 
 @dataclass(frozen=True)
 class SaturationProfile:
-    """What one batch does to each hidden layer of a network at initialisation.
+    """What one batch does to each hidden layer :math:`\\ell = 1, \\dots, L` of a network at initialisation.
 
-    Attributes
-    ----------
-    pre_activations : tuple of ndarray of shape (N, D_l)
-        :math:`z_\\ell`, the input of each hidden layer's nonlinearity (float64).
-    saturated : ndarray of shape (L,)
-        :func:`saturated_fraction` of each :math:`z_\\ell`.
-    unit_std : ndarray of shape (L,)
-        Mean over the units of each unit's standard deviation over the batch.
-    offset_spread : ndarray of shape (L,)
-        Standard deviation over the units of each unit's batch mean.
-    grad_norms : ndarray of shape (L,)
-        Frobenius norm of :math:`\\partial L/\\partial W_\\ell` for each hidden layer.
-    loss : float
-        The mean cross-entropy of the batch.
+    The per-layer arrays have one entry per hidden layer, in order.
     """
 
+    #: (N, D_l) arrays, float64, one per hidden layer, :math:`z_\ell`, the input of its nonlinearity
     pre_activations: Tuple[np.ndarray, ...]
+    #: (L,) :func:`saturated_fraction` of each :math:`z_\ell`
     saturated: np.ndarray
+    #: (L,) mean over the units of each unit's standard deviation over the batch
     unit_std: np.ndarray
+    #: (L,) standard deviation over the units of each unit's batch mean
     offset_spread: np.ndarray
+    #: (L,) Frobenius norm of :math:`\partial L/\partial W_\ell` for each hidden layer
     grad_norms: np.ndarray
+    #: the mean cross-entropy of the batch
     loss: float
 
 
