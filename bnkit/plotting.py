@@ -460,7 +460,7 @@ def plot_running_stats_flow(fig=None):
                 arrow("running", "counter", COLORS["vermillion"], "--", f"{mode}:write:{state}")
                 ax.text(6.85, 1.1, "+= 1", fontsize=8, color=COLORS["vermillion"], ha="center")
         if not training:
-            ax.text(1.3, 2.25, "not computed", ha="center", va="center", fontsize=8, color="0.55")
+            ax.text(1.3, 2.25, "not used", ha="center", va="center", fontsize=8, color="0.55")
             ax.text(9.4, 0.0, "nothing is written", ha="center", va="center", fontsize=8,
                     color=COLORS["vermillion"])
         ax.set_xlim(-0.3, 10.7)
