@@ -118,18 +118,18 @@ def plot_normalization_sets(norms: Sequence[str] = tuple(NORMALIZATIONS),
     import matplotlib.pyplot as plt
 
     if fig is None:
-        fig = plt.figure(figsize=(2.9 * len(norms), 3.0), layout="constrained")
+        fig = plt.figure(figsize=(3.0 * len(norms), 3.1), layout="constrained")
     for i, norm in enumerate(norms, start=1):
         ax = fig.add_subplot(1, len(norms), i, projection="3d")
         mask = normalization_set(norm, shape, groups).transpose(1, 0, 2)   # voxel axes: (C, N, S)
         colors = np.where(mask, COLORS["blue"], "#F0F0F0")
         ax.voxels(np.ones(mask.shape, bool), facecolors=colors, edgecolor="#707070", linewidth=0.3)
-        ax.set_box_aspect(mask.shape, zoom=0.95)
+        ax.set_box_aspect(mask.shape, zoom=0.85)
         ax.view_init(elev=22, azim=-60)
         ax.set_xticks([]), ax.set_yticks([]), ax.set_zticks([])
         ax.set_xlabel("C (channels)", labelpad=-10)
         ax.set_ylabel("N (batch)", labelpad=-10)
-        ax.set_zlabel("H, W", labelpad=-12)
+        ax.set_zlabel("H, W", labelpad=-14)
         title = NORMALIZATIONS[norm] + (f" ({groups} groups)" if norm == "group" else "")
         ax.set_title(title)
     return fig

@@ -88,7 +88,7 @@ def staged_forward(x, weight=None, bias=None, eps: float = 1e-5):
         ``x`` is not floating point.
     ValueError
         Rank < 2, ``weight``/``bias`` not of shape (C,), one value per channel,
-        or ``eps <= 0``.
+        an empty batch, or ``eps <= 0``.
     """
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
@@ -99,6 +99,10 @@ def staged_forward(x, weight=None, bias=None, eps: float = 1e-5):
     for name, v in (("weight", weight), ("bias", bias)):
         _checks.check_channel_vector(name, None if v is None else np.shape(v), c)
     _checks.check_training_batch(x.shape, 1)
+    if x.size == 0:
+        # the staged graph starts from the batch mean, which an empty batch does not have
+        raise ValueError(f"staged_forward needs a non-empty batch (got input size {x.shape}); "
+                         "bnkit.numpy.batch_norm handles empty batches as torch does")
 
     axes = _reduce_axes(x.ndim)
     gamma = np.ones(c, x.dtype) if weight is None else np.asarray(weight, x.dtype)

@@ -156,6 +156,8 @@ def test_float32_stays_float32(rng):
     (np.zeros((4, 3)), {"weight": np.ones(2)}, ValueError, r"weight has shape \(2,\)"),
     (np.zeros((4, 3)), {"bias": np.ones(4)}, ValueError, r"bias has shape \(4,\)"),
     (np.zeros((1, 3)), {}, ValueError, "more than 1 value per channel"),
+    (np.zeros((0, 3)), {}, ValueError, "needs a non-empty batch"),
+    (np.zeros((2, 3, 0)), {}, ValueError, "needs a non-empty batch"),
     (np.zeros((4, 3)), {"eps": 0.0}, ValueError, "eps must be"),
 ])
 def test_forward_rejects_bad_arguments(x, kwargs, error, match):
