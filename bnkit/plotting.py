@@ -118,7 +118,7 @@ def plot_normalization_sets(norms: Sequence[str] = tuple(NORMALIZATIONS),
     import matplotlib.pyplot as plt
 
     if fig is None:
-        fig = plt.figure(figsize=(3.0 * len(norms), 3.1), layout="constrained")
+        fig = plt.figure(figsize=(2.9 * len(norms), 3.0), layout="constrained")
     for i, norm in enumerate(norms, start=1):
         ax = fig.add_subplot(1, len(norms), i, projection="3d")
         mask = normalization_set(norm, shape, groups).transpose(1, 0, 2)   # voxel axes: (C, N, S)
