@@ -7,14 +7,16 @@ STAMP  := $(VENV)/.installed-stamp
 # Each notebook runs in its own kernel; loadfile keeps a notebook's cells together.
 XDIST  := -n 2 --dist loadfile
 
-.PHONY: help venv book test unit nbval browser pdfcheck notebooks bench clean
+.PHONY: help venv book test unit nbval chromium browser pdf pdfcheck notebooks bench clean
 
 help:
 	@echo "make book       set up .venv and build the book into _build/html"
-	@echo "make test       set up .venv and run every test (unit, notebooks, browser)"
+	@echo "make test       set up .venv and run every test (unit, notebooks, browser, PDF)"
 	@echo "make notebooks  re-execute every notebook in place (refreshes stored outputs)"
 	@echo "make bench      run the batch-norm benchmark"
 	@echo "make pdf        build the whole book as one PDF (_build/pdf/batchnorm-book.pdf)"
+	@echo "make chromium   find Chromium for the browser test and the PDF, or install Debian's"
+	@echo "                (CHROMIUM=/path/to/chromium uses that one)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,9 +27,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
+# Always a fresh build: an incremental Sphinx build would not repeat the warnings of pages
+# it does not re-read, and -W must see them all. Within one `make` run this happens once:
+# the browser test reads _build/html, and the PDF's single-page build reuses _build/.doctrees.
 book: $(STAMP)
 	rm -rf _build
 	$(VENV)/bin/jupyter-book build . -nW --keep-going
+
+# Checked first, so that a missing browser stops `make test` at once, with the command to run.
+test: chromium unit nbval browser pdfcheck
 
 unit: $(STAMP)
 	$(PY) -m pytest $(XDIST) -m "not browser and not pdf" tests
@@ -35,28 +43,29 @@ unit: $(STAMP)
 nbval: $(STAMP)
 	$(PY) -m pytest $(XDIST) --nbval notebooks --nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider
 
-browser: book
+# The Chromium that the browser test drives and that prints the PDF (tools/chromium.py):
+# CHROMIUM=/path if given, else `chromium` on PATH, else Debian's package installed with apt
+# when we are root; otherwise it stops with the one command to run. Never `playwright install`.
+chromium:
+	@$(PYTHON) tools/chromium.py
+
+browser: chromium book
 	$(PY) -m pytest -m browser tests -p no:cacheprovider
 
-# After `browser`: `make book` clears _build, the PDF included.
-pdfcheck: browser
-	$(MAKE) pdf
+# The whole book as one PDF, _build/pdf/batchnorm-book.pdf: Jupyter Book's single-page HTML
+# (built with -nW like `make book`, from the same doctrees), printed by Chromium through
+# Playwright (tools/build_pdf.py).
+pdf: chromium book
+	$(PY) tools/build_pdf.py
+
+pdfcheck: pdf
 	$(PY) -m pytest -m pdf tests/test_pdf.py -p no:cacheprovider
 
-test: unit nbval browser pdfcheck
-
 notebooks: $(STAMP)
-	$(PY) tests/execute_notebooks.py notebooks/*.ipynb
+	$(PY) tools/execute_notebooks.py notebooks/*.ipynb
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_batchnorm.py
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis
-
-# The whole book as one PDF, _build/pdf/batchnorm-book.pdf: Jupyter Book's single-page HTML
-# (built with -nW like `make book`), printed by Debian's Chromium through Playwright
-# (tests/build_pdf.py). Check it with `$(PY) -m pytest -m pdf tests/test_pdf.py`.
-.PHONY: pdf
-pdf: $(STAMP)
-	$(PY) tests/build_pdf.py

@@ -1,11 +1,13 @@
 """Open the built book in a real browser and check what a reader would see.
 
-Runs after ``make book`` (``make browser`` = ``pytest -m browser tests``). Debian's
-Chromium is driven through Playwright (``executable_path="/usr/bin/chromium"``; never
-``playwright install``). Every HTML page of ``_build/html`` is opened from disk over
-``file://`` with the network blocked, and must show: no console or page errors, no
-request that leaves ``file://``, every formula typeset by the MathJax shipped with the
-book, every image loaded, every internal link (and its ``#fragment``) resolving.
+Runs after ``make book`` (``make browser`` = ``pytest -m browser tests``). The Chromium
+that ``make chromium`` found or installed (``tools/chromium.py``: ``CHROMIUM=/path``, else
+Debian's ``chromium`` on ``PATH``) is driven through Playwright (never ``playwright
+install``); no Chromium is a failure that says what to run, never a skip. Every HTML
+page of ``_build/html`` is opened from disk over ``file://`` with the network blocked,
+and must show: no console or page errors, no request that leaves ``file://``, every
+formula typeset by the MathJax shipped with the book, every image loaded, every internal
+link (and its ``#fragment``) resolving.
 
 Set ``BOOK_HTML_DIR`` to check a book built somewhere else than ``_build/html``.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,12 +25,12 @@ from urllib.request import url2pathname
 import pytest
 import yaml
 from book_testing import toc_files
+from chromium import find_chromium, missing_message
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = Path(os.environ.get("BOOK_HTML_DIR", ROOT / "_build" / "html")).resolve()
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -109,34 +110,11 @@ def book() -> Path:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's Chromium: installed with apt when missing and we are root, else skip."""
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0:
-            pytest.skip(
-                f"{CHROMIUM} is not installed and installing it needs root: "
-                "run `sudo apt-get install chromium` (Playwright's own browser download "
-                "is not used)."
-            )
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command, timeout in (
-            (["apt-get", "update", "-qq"], 300),
-            (["apt-get", "install", "-y", "-qq", "chromium"], 900),
-        ):
-            try:
-                done = subprocess.run(
-                    command, env=env, capture_output=True, text=True, timeout=timeout
-                )
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"`{' '.join(command)}` took more than {timeout} s", pytrace=False)
-            if done.returncode != 0:
-                pytest.fail(
-                    f"`{' '.join(command)}` failed with exit code {done.returncode}:\n"
-                    f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}",
-                    pytrace=False,
-                )
-        if not CHROMIUM.exists():
-            pytest.fail(f"apt-get installed chromium but {CHROMIUM} is still missing", pytrace=False)
-    return str(CHROMIUM)
+    """The Chromium of ``make chromium`` (``CHROMIUM`` or PATH); none is a failure, not a skip."""
+    path = find_chromium()
+    if path is None:
+        pytest.fail(missing_message(), pytrace=False)
+    return path
 
 
 @pytest.fixture(scope="session")

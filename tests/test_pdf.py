@@ -1,4 +1,4 @@
-"""Check the PDF of the book that ``make pdf`` builds (``tests/build_pdf.py``).
+"""Check the PDF of the book that ``make pdf`` builds (``tools/build_pdf.py``).
 
 Run after ``make pdf``: ``pytest -m pdf tests``. Opens the PDF with pypdf and checks that
 it is the whole book — a sensible number of pages, every chapter of ``_toc.yml`` by the

@@ -1,6 +1,6 @@
 """Re-execute notebooks in place so their stored outputs are fresh (`make notebooks`).
 
-Usage: python tests/execute_notebooks.py notebooks/*.ipynb
+Usage: python tools/execute_notebooks.py notebooks/*.ipynb
 Each notebook runs in a fresh kernel with the notebooks/ folder as working
 directory, exactly as nbval will run it; its execution time is printed.
 """

@@ -1,28 +1,30 @@
 """Build a PDF of the whole book (``make pdf``): HTML by Jupyter Book, printed by Chromium.
 
 1. ``jupyter-book build . --builder singlehtml -nW --keep-going`` puts every page that
-   ``_toc.yml`` lists, in its order, into one HTML page (under ``_build/pdf/``), with
-   the same configuration as the HTML book: offline MathJax, stored notebook outputs.
-2. Debian's Chromium, driven by Playwright (``executable_path="/usr/bin/chromium"``; never
-   ``playwright install``), opens that page from disk with every network request blocked,
-   waits until MathJax has typeset every formula and every image has loaded, opens the
-   dropdowns (exercise solutions, source listings), hides the navigation, starts each
-   chapter on a new page and prints to ``_build/pdf/batchnorm-book.pdf``.
+   ``_toc.yml`` lists, in its order, into one HTML page (``_build/singlehtml/``), with the
+   same configuration as the HTML book: offline MathJax, stored notebook outputs. It
+   shares ``_build/.doctrees`` with ``make book``: after the HTML build (``make pdf``
+   depends on ``make book``) Sphinx reads nothing again and only writes the single page.
+2. The Chromium of ``make chromium`` (``tools/chromium.py``: ``CHROMIUM=/path``, else
+   Debian's ``chromium``), driven by Playwright (never ``playwright install``), opens that
+   page from disk with every network request blocked, waits until MathJax has typeset
+   every formula and every image has loaded, opens the dropdowns (exercise solutions,
+   source listings), hides the navigation, starts each chapter on a new page and prints
+   to ``_build/pdf/batchnorm-book.pdf``.
 
 Usage::
 
-    python tests/build_pdf.py                     # what `make pdf` runs
-    python tests/build_pdf.py --allow-warnings    # print even if the HTML build warns
-    python tests/build_pdf.py --toc other_toc.yml # a trial build with another TOC
+    python tools/build_pdf.py                     # what `make pdf` runs (after `make book`)
+    python tools/build_pdf.py --allow-warnings    # print even if the HTML build warns
+    python tools/build_pdf.py --toc other_toc.yml # a trial build with another TOC (own tree)
 
-Chromium missing: installed with apt when running as root (as the browser test does),
-otherwise the script stops and says how to install it.
+No Chromium: the script stops with the command to run (``make chromium`` installs
+Debian's when it can).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -30,11 +32,12 @@ import sys
 import time
 from pathlib import Path
 
+from chromium import find_chromium, missing_message
+
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "_build" / "pdf"
-HTML_DIR = OUT / "_build" / "singlehtml"
-PDF = OUT / "batchnorm-book.pdf"
-CHROMIUM = Path("/usr/bin/chromium")
+BUILD = ROOT / "_build"  # shared with `make book`: _build/html, _build/.doctrees
+TRIAL = BUILD / "toc-trial"  # --toc: a tree of its own, so the book's doctrees stay as built
+PDF = BUILD / "pdf" / "batchnorm-book.pdf"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
@@ -89,9 +92,11 @@ RAW_TEX_JS = """() => {
 def build_html(strict: bool, toc=None) -> Path:
     """Run the singlehtml build; return the page that holds the whole book."""
     command = [str(ROOT / ".venv" / "bin" / "jupyter-book"), "build", str(ROOT),
-               "--builder", "singlehtml", "--path-output", str(OUT)]
+               "--builder", "singlehtml"]
+    html_dir = BUILD / "singlehtml"
     if toc:
-        command += ["--toc", str(toc)]
+        command += ["--toc", str(toc), "--path-output", str(TRIAL)]
+        html_dir = TRIAL / "_build" / "singlehtml"
     if not Path(command[0]).exists():
         command[0] = shutil.which("jupyter-book") or "jupyter-book"
     if strict:
@@ -104,34 +109,28 @@ def build_html(strict: bool, toc=None) -> Path:
     # singlehtml writes the whole book into the TOC's root page (book/intro.html, which
     # index.html redirects to) but writes every link in it relative to the build's top
     # folder (_static/..., _images/...): a copy at the top resolves them all.
-    redirect = (HTML_DIR / "index.html").read_text(encoding="utf8")
+    redirect = (html_dir / "index.html").read_text(encoding="utf8")
     target = re.search(r'url=([^"\']+)', redirect)
-    built = HTML_DIR / target.group(1) if target else HTML_DIR / "index.html"
+    built = html_dir / target.group(1) if target else html_dir / "index.html"
     if not built.is_file():
         raise SystemExit(f"the single-page book {built} was not built")
-    page = HTML_DIR / "whole-book.html"
+    page = html_dir / "whole-book.html"
     shutil.copyfile(built, page)
     return page
 
 
-def ensure_chromium() -> str:
-    if CHROMIUM.exists():
-        return str(CHROMIUM)
-    if os.geteuid() != 0:
-        raise SystemExit(f"{CHROMIUM} is missing and installing it needs root: run "
-                         "`sudo apt-get install chromium` (Playwright's own browser download "
-                         "is not used)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        subprocess.run(command, env=env, check=True, timeout=900)
-    return str(CHROMIUM)
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        raise SystemExit(missing_message())
+    return path
 
 
 def print_pdf(page: Path, pdf: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=ensure_chromium(), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1100, "height": 1400})
             context.set_default_timeout(TIMEOUT_MS)
