@@ -41,6 +41,7 @@ import numpy as np
 __all__ = [
     "best_time",
     "compare_times",
+    "time_once",
     "measure_copy_bandwidth",
     "stream_pass",
     "stream_passes",
@@ -145,6 +146,17 @@ def compare_times(fns: Mapping[str, Callable[[], object]], budget: float = 0.2,
                 best[name] = min(best[name], clock() - start)
             rounds += 1
     return best
+
+
+def time_once(fn: Callable[[], object], clock: Clock = time.perf_counter) -> float:
+    """Seconds one call of ``fn()`` takes, with no warm-up and no repeat.
+
+    For what happens once: the first call of a function compiled with
+    :func:`torch.compile`, which compiles it, then runs it.
+    """
+    start = clock()
+    fn()
+    return clock() - start
 
 
 def _check_nbytes(nbytes) -> int:

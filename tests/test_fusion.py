@@ -75,3 +75,24 @@ def test_formula_refuses_bad_input_and_changes_no_state(x, with_var, training, m
     with pytest.raises(ValueError, match=match):
         fusion.batch_norm_formula(x, rm, rv if with_var else None, training=training)
     assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))
+
+
+GENERATED = """
+cpp_fused_add_copy__lerp_mul_relu_rsqrt_sub_threshold_backward_var_mean_view_0 = async_compile.cpp_pybinding(['float*', 'const float*', 'const float*', 'float*', 'bool*'], r'''
+#include <torch/csrc/inductor/cpp_prefix.h>
+extern "C" void kernel(float* in_out_ptr0, const float* in_ptr0)
+''')
+async_compile.wait(globals())
+cpp_fused_sum_1 = async_compile.cpp_pybinding(['const bool*', 'const float*'], r'''
+''')
+"""
+
+
+def test_generated_kernels_reads_names_and_argument_types_in_order():
+    kernels = fusion.generated_kernels(GENERATED)
+    assert kernels == [
+        fusion.Kernel("cpp_fused_add_copy__lerp_mul_relu_rsqrt_sub_threshold_backward_var_mean_view_0",
+                      ("float*", "const float*", "const float*", "float*", "bool*")),
+        fusion.Kernel("cpp_fused_sum_1", ("const bool*", "const float*")),
+    ]
+    assert fusion.generated_kernels("def call(args):\n    return ()") == []

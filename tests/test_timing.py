@@ -99,6 +99,12 @@ def test_compare_times_budget_is_per_function():
     assert len(calls) == 2 * (1 + 2)
 
 
+def test_time_once_is_one_call_without_warm_up():
+    clock = CallClock([7.5, 1.0])
+    assert timing.time_once(clock.fn, clock=clock) == 7.5
+    assert clock.calls == 1
+
+
 @pytest.mark.parametrize("kwargs", [dict(min_repeats=0), dict(min_repeats=5, max_repeats=4),
                                     dict(min_repeats=1.5)])
 def test_best_time_refuses_impossible_repeat_counts(kwargs):
