@@ -1,7 +1,7 @@
 r"""Timing batch normalization: the benchmark cases, on top of :mod:`bnkit.timing`.
 
 Used by ``benchmarks/bench_batchnorm.py`` and by Chapter 9 of the book. The
-timers themselves (:func:`best_time`, :func:`compare_times`) live in
+timers themselves (:func:`bnkit.timing.best_time`, :func:`bnkit.timing.compare_times`) live in
 :mod:`bnkit.timing` and are re-exported here; the byte counts in
 :mod:`bnkit.roofline`.
 
@@ -241,7 +241,7 @@ def run_cases(shapes: Iterable[Sequence[int]], layouts: Sequence[str] = LAYOUTS,
     modes : sequence of {"forward", "forward+backward"}, default both
     dtype : default "float32"
     budget : float, default 0.2
-        Seconds of repeats per case (see :func:`compare_times`).
+        Seconds of repeats per case (see :func:`bnkit.timing.compare_times`).
     threads : int or None, default 1
         torch's thread count during the run (restored after); ``None`` keeps
         it. bnkit.numpy runs on one thread whatever it is.

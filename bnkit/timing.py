@@ -22,7 +22,7 @@ thread, with kernels that do (almost) no arithmetic:
   memory traffic of a kernel without its arithmetic (see
   :func:`bnkit.roofline.forward_passes`).
 
-All timers take a ``clock`` (default :func:`time.perf_counter`), so that tests can
+All timers take a ``clock`` (default ``time.perf_counter``), so that tests can
 drive them with a clock whose readings are known.
 
 Nothing here imports torch or any other part of bnkit: :mod:`bnkit.roofline`
@@ -85,7 +85,7 @@ def best_time(fn: Callable[[], object], budget: float = 0.2, min_repeats: int = 
     budget : float, default 0.2
         Seconds of repeats (after ``min_repeats``, repeats stop once it is spent).
     min_repeats, max_repeats : int, default 3 and 200
-    clock : callable, default :func:`time.perf_counter`
+    clock : callable, default ``time.perf_counter``
         Returns the time in seconds.
 
     Returns
@@ -124,7 +124,7 @@ def compare_times(fns: Mapping[str, Callable[[], object]], budget: float = 0.2,
         The functions to compare, by name.
     budget : float, default 0.2
     min_rounds, max_rounds : int, default 3 and 200
-    clock : callable, default :func:`time.perf_counter`
+    clock : callable, default ``time.perf_counter``
 
     Returns
     -------
@@ -190,7 +190,7 @@ def measure_copy_bandwidth(nbytes: int, budget: float = 0.2, fresh_output: bool 
         Allocate a new destination for every copy, as a function that returns
         a new array does: the first write to each page then costs a page fault.
     max_repeats : int, default 1000
-    clock : callable, default :func:`time.perf_counter`
+    clock : callable, default ``time.perf_counter``
 
     Returns
     -------

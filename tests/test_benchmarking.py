@@ -147,3 +147,12 @@ def test_add_ratios_leaves_none_without_a_baseline():
     records = [dict(implementation="bnkit.numpy", mode="forward", shape=(4, 3),
                     layout="channels_first", dtype="float32", threads=1, seconds=1.0)]
     assert benchmarking.add_ratios(records)[0]["ratio"] is None
+
+
+def test_chapter_9_shows_the_signature_and_body_of_torch_case():
+    # notebooks/09_speed.ipynb includes torch_case with `:lines: 1-2,30-` (signature, then the
+    # body without the docstring): a docstring that grows or shrinks must move that number
+    import inspect
+    lines = inspect.getsource(benchmarking.torch_case).splitlines()
+    assert lines[1].rstrip().endswith("-> Callable[[], object]:")
+    assert lines[28].strip() == '"""' and lines[29].strip() == "import torch"

@@ -96,3 +96,11 @@ def test_generated_kernels_reads_names_and_argument_types_in_order():
         fusion.Kernel("cpp_fused_sum_1", ("const bool*", "const float*")),
     ]
     assert fusion.generated_kernels("def call(args):\n    return ()") == []
+
+
+def test_chapter_9_shows_the_signature_and_body_of_the_formula():
+    # notebooks/09_speed.ipynb includes batch_norm_formula with `:lines: 1-4,40-`
+    import inspect
+    lines = inspect.getsource(fusion.batch_norm_formula).splitlines()
+    assert lines[3].rstrip().endswith("-> torch.Tensor:")
+    assert lines[38].strip() == '"""' and lines[39].strip() == "if input.dim() < 2:"
