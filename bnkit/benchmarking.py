@@ -1,41 +1,53 @@
-"""Timing batch normalization: best-of-N timers and the benchmark cases.
+r"""Timing batch normalization: the benchmark cases, on top of :mod:`bnkit.timing`.
 
-Used by ``benchmarks/bench_batchnorm.py`` and by Chapter 9 of the book. Two rules
-make timings on a shared, noisy machine mean something:
-
-* **best of N**: the minimum over repeats estimates what the code costs when
-  nothing else interferes (noise only ever adds time);
-* **same run, interleaved**: implementations are compared by calling them in
-  turn, round after round (:func:`compare_times`), so a burst of load from
-  elsewhere slows all of them alike and their *ratios* stay meaningful.
+Used by ``benchmarks/bench_batchnorm.py`` and by Chapter 9 of the book. The
+timers themselves (:func:`bnkit.timing.best_time`, :func:`bnkit.timing.compare_times`) live in
+:mod:`bnkit.timing` and are re-exported here; the byte counts in
+:mod:`bnkit.roofline`.
 
 A case is one implementation, one mode (``"forward"``: training-mode forward;
 ``"forward+backward"``: forward then the input, weight and bias gradients), one
 shape, one memory layout (``"channels_first"``, e.g. NCHW; ``"channels_last"``,
-e.g. NHWC) and one dtype. :func:`run_cases` times a grid of them and returns one
-record (a dict) per case, with the minimal bytes of :mod:`bnkit.roofline` and
-the bandwidth achieved against them. torch is imported only when a torch case is
-built, so ``import bnkit.benchmarking`` stays light.
+e.g. NHWC) and one dtype. One call of a case's closure is exactly:
+
+* ``"forward"``: one call of the batch-norm function in training mode, under
+  :func:`torch.no_grad` (torch) — the batch statistics, the update of the
+  running mean and variance, and a freshly allocated output;
+* ``"forward+backward"``: a fresh leaf ``x.detach().requires_grad_()``, the
+  same forward with autograd recording, then :func:`torch.autograd.grad` of the
+  output against a fixed ``g`` for ``x``, :math:`\gamma` and :math:`\beta`.
+
+:func:`torch_case` builds that closure for any function with the signature of
+:func:`torch.nn.functional.batch_norm` (a compiled one included), so every torch
+implementation is timed by the same harness. :func:`floor_case` builds the
+*floor* of a case: the passes over memory of :mod:`bnkit.roofline` made by
+kernels that do no arithmetic (:func:`bnkit.timing.stream_passes`).
+:func:`run_cases` times a grid of cases and returns one record (a dict) per
+case. torch is imported only when a torch case is built, so
+``import bnkit.benchmarking`` stays light.
 """
 
 from __future__ import annotations
 
-import gc
-import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+import math
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from . import roofline
+from . import roofline, timing
+from .timing import best_time, compare_times
 
 __all__ = [
     "best_time",
     "compare_times",
     "available_implementations",
     "make_case",
+    "torch_case",
+    "floor_case",
     "run_cases",
     "add_ratios",
     "IMPLEMENTATIONS",
+    "CUDA_IMPLEMENTATIONS",
     "MODES",
     "LAYOUTS",
 ]
@@ -46,64 +58,7 @@ IMPLEMENTATIONS = ("torch", "bnkit.torch", "bnkit.numpy")
 CUDA_IMPLEMENTATIONS = ("torch.cuda", "bnkit.torch.cuda")
 MODES = ("forward", "forward+backward")
 LAYOUTS = ("channels_first", "channels_last")
-
-
-class _GcOff:
-    """Garbage collection paused while timing (as :mod:`timeit` does)."""
-
-    def __enter__(self):
-        self.was_enabled = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc):
-        if self.was_enabled:
-            gc.enable()
-
-
-def best_time(fn: Callable[[], object], budget: float = 0.2, min_repeats: int = 3,
-              max_repeats: int = 200) -> float:
-    """Minimum wall time of ``fn()`` in seconds, over repeats filling about ``budget`` seconds.
-
-    One untimed call first (allocations, lazy initialisation); then at least
-    ``min_repeats`` and at most ``max_repeats`` timed calls.
-    """
-    fn()
-    best = float("inf")
-    repeats = 0
-    with _GcOff():
-        deadline = time.perf_counter() + budget
-        while repeats < min_repeats or (repeats < max_repeats
-                                        and time.perf_counter() < deadline):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-            repeats += 1
-    return best
-
-
-def compare_times(fns: Mapping[str, Callable[[], object]], budget: float = 0.2,
-                  min_rounds: int = 3, max_rounds: int = 200) -> Dict[str, float]:
-    """Best time in seconds of each of ``fns``, called in turn, round after round.
-
-    Every round calls each function once; rounds go on until about
-    ``budget`` seconds *per function* have passed (at least ``min_rounds``,
-    at most ``max_rounds``). Interleaving means the machine's load, whatever it
-    is, falls on every function alike.
-    """
-    names = list(fns)
-    for name in names:                       # warm up
-        fns[name]()
-    best = {name: float("inf") for name in names}
-    rounds = 0
-    with _GcOff():
-        deadline = time.perf_counter() + budget * len(names)
-        while rounds < min_rounds or (rounds < max_rounds and time.perf_counter() < deadline):
-            for name in names:
-                start = time.perf_counter()
-                fns[name]()
-                best[name] = min(best[name], time.perf_counter() - start)
-            rounds += 1
-    return best
+_FLOOR = "<floor>"                       # the floor's name among the implementations of a group
 
 
 def available_implementations() -> tuple:
@@ -137,15 +92,51 @@ def _numpy_case(mode: str, x: np.ndarray, g: np.ndarray, axis: int) -> Callable[
     return forward if mode == "forward" else forward_backward
 
 
-def _torch_case(implementation: str, mode: str, x_np: np.ndarray, g_np: np.ndarray,
-                layout: str) -> Callable[[], object]:
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+
+
+def _inputs(shape: Sequence[int], dtype, seed: int):
+    shape = tuple(int(d) for d in shape)
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype))
+
+
+def torch_case(fn: Callable, mode: str, shape: Sequence[int], layout: str = "channels_first",
+               dtype="float32", seed: int = 0, device: str = "cpu") -> Callable[[], object]:
+    """A closure that runs ``fn`` once as one case of the harness (inputs built now).
+
+    Parameters
+    ----------
+    fn : callable
+        Called as ``fn(x, running_mean, running_var, weight, bias, training=True)``,
+        like :func:`torch.nn.functional.batch_norm` (a function compiled with
+        :func:`torch.compile` included; its first call compiles it).
+    mode : {"forward", "forward+backward"}
+        What one call does: see the module's description.
+    shape : sequence of int
+        The logical shape ``(N, C, *)``, whatever the layout.
+    layout : {"channels_first", "channels_last"}, default "channels_first"
+        ``channels_last`` stores rank-4 and rank-5 inputs with
+        ``torch.channels_last`` / ``torch.channels_last_3d``.
+    dtype : numpy dtype or str, default "float32"
+    seed : int, default 0
+        Of the input ``x`` and the upstream gradient ``g`` (standard normal).
+    device : str, default "cpu"
+        On ``"cuda"``, every call ends with :func:`torch.cuda.synchronize`.
+
+    Returns
+    -------
+    callable
+        ``"forward"``: returns the output; ``"forward+backward"``: the
+        gradients for ``x``, ``weight`` and ``bias``.
+    """
     import torch
-    import torch.nn.functional as F
 
-    import bnkit.torch as bnt
-
-    device = "cuda" if implementation.endswith(".cuda") else "cpu"
-    fn = bnt.batch_norm if implementation.startswith("bnkit.torch") else F.batch_norm
+    _check_mode(mode)
+    x_np, g_np = _inputs(shape, dtype, seed)
+    _channel_axis(layout, x_np.ndim)
     x = torch.from_numpy(x_np).to(device)
     g = torch.from_numpy(g_np).to(device)
     if layout == "channels_last" and x.dim() in (4, 5):
@@ -156,7 +147,7 @@ def _torch_case(implementation: str, mode: str, x_np: np.ndarray, g_np: np.ndarr
     bias = torch.zeros(c, dtype=x.dtype, device=device, requires_grad=True)
     running_mean = torch.zeros(c, dtype=x.dtype, device=device)
     running_var = torch.ones(c, dtype=x.dtype, device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
     def forward():
         with torch.no_grad():
@@ -174,6 +165,25 @@ def _torch_case(implementation: str, mode: str, x_np: np.ndarray, g_np: np.ndarr
     return forward if mode == "forward" else forward_backward
 
 
+def floor_case(mode: str, shape: Sequence[int], dtype="float32") -> Callable[[], object]:
+    """A closure that makes a case's minimal passes over memory, and no arithmetic.
+
+    The passes of :func:`bnkit.roofline.forward_passes` (``"forward"``) or
+    :func:`bnkit.roofline.training_passes` (``"forward+backward"``), over
+    arrays of the size of ``x``, by :func:`bnkit.timing.stream_passes`: one
+    NumPy loop per pass, one thread, ordinary stores into an output allocated
+    once. Its best time is the case's *floor* on this machine: what those bytes
+    cost in that order, with nothing else to do. The per-channel vectors are
+    left out (a few times ``C`` values), and the floor does not depend on the
+    layout.
+    """
+    _check_mode(mode)
+    shape = tuple(int(d) for d in shape)
+    nbytes = np.dtype(dtype).itemsize * math.prod(shape)
+    passes = roofline.forward_passes() if mode == "forward" else roofline.training_passes()
+    return timing.stream_passes(passes, nbytes, dtype)
+
+
 def make_case(implementation: str, mode: str, shape: Sequence[int],
               layout: str = "channels_first", dtype="float32",
               seed: int = 0) -> Callable[[], object]:
@@ -183,7 +193,9 @@ def make_case(implementation: str, mode: str, shape: Sequence[int],
     ----------
     implementation : str
         One of :data:`IMPLEMENTATIONS` or, with a GPU, ``"torch.cuda"``
-        (torch's kernel, cuDNN) and ``"bnkit.torch.cuda"``.
+        (torch's kernel, cuDNN) and ``"bnkit.torch.cuda"``. The torch ones are
+        :func:`torch_case` of :func:`torch.nn.functional.batch_norm` or
+        :func:`bnkit.torch.batch_norm`.
     mode : {"forward", "forward+backward"}
     shape : sequence of int
         The logical shape ``(N, C, *)``, whatever the layout.
@@ -194,26 +206,29 @@ def make_case(implementation: str, mode: str, shape: Sequence[int],
     dtype : numpy dtype or str, default "float32"
     seed : int, default 0
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
-    shape = tuple(int(d) for d in shape)
-    axis = _channel_axis(layout, len(shape))
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape).astype(dtype)
-    g = rng.standard_normal(shape).astype(dtype)
+    _check_mode(mode)
+    axis = _channel_axis(layout, len(tuple(shape)))
     if implementation == "bnkit.numpy":
+        x, g = _inputs(shape, dtype, seed)
         if axis == -1:               # stored as (N, *, C)
             x, g = (np.ascontiguousarray(np.moveaxis(a, 1, -1)) for a in (x, g))
         return _numpy_case(mode, x, g, axis)
     if implementation in IMPLEMENTATIONS + CUDA_IMPLEMENTATIONS:
-        return _torch_case(implementation, mode, x, g, layout)
+        import torch.nn.functional as F
+
+        import bnkit.torch as bnt
+
+        fn = bnt.batch_norm if implementation.startswith("bnkit.torch") else F.batch_norm
+        device = "cuda" if implementation.endswith(".cuda") else "cpu"
+        return torch_case(fn, mode, shape, layout, dtype, seed, device)
     raise ValueError(f"unknown implementation {implementation!r}")
 
 
 def run_cases(shapes: Iterable[Sequence[int]], layouts: Sequence[str] = LAYOUTS,
               implementations: Optional[Sequence[str]] = None,
               modes: Sequence[str] = MODES, dtype="float32", budget: float = 0.2,
-              threads: Optional[int] = 1, progress: Optional[Callable] = None) -> List[dict]:
+              threads: Optional[int] = 1, progress: Optional[Callable] = None,
+              floor: bool = False) -> List[dict]:
     """Time every case of a grid; the implementations of one (shape, layout, mode) interleaved.
 
     Parameters
@@ -226,12 +241,15 @@ def run_cases(shapes: Iterable[Sequence[int]], layouts: Sequence[str] = LAYOUTS,
     modes : sequence of {"forward", "forward+backward"}, default both
     dtype : default "float32"
     budget : float, default 0.2
-        Seconds of repeats per case (see :func:`compare_times`).
+        Seconds of repeats per case (see :func:`bnkit.timing.compare_times`).
     threads : int or None, default 1
         torch's thread count during the run (restored after); ``None`` keeps
         it. bnkit.numpy runs on one thread whatever it is.
     progress : callable, optional
         Wraps the list of (shape, layout, mode) groups, e.g. ``tqdm.tqdm``.
+    floor : bool, default False
+        Also time each group's :func:`floor_case`, interleaved with the
+        implementations, and store it as ``floor_s``.
 
     Returns
     -------
@@ -239,7 +257,10 @@ def run_cases(shapes: Iterable[Sequence[int]], layouts: Sequence[str] = LAYOUTS,
         One per case: ``implementation``, ``mode``, ``shape`` (tuple), ``layout``,
         ``dtype``, ``threads``, ``seconds`` (best time), ``bytes`` (the minimal
         traffic of :func:`bnkit.roofline.forward_bytes` or
-        :func:`bnkit.roofline.training_bytes`) and ``GBps`` (``bytes`` / ``seconds`` / 1e9).
+        :func:`bnkit.roofline.training_bytes`) and ``GBps`` (``bytes`` / ``seconds`` / 1e9);
+        with ``floor=True`` also ``floor_s``, the best time of the floor measured
+        in the same rounds (``None`` for the CUDA implementations: the floor is
+        this CPU's).
     """
     import torch
 
@@ -253,7 +274,10 @@ def run_cases(shapes: Iterable[Sequence[int]], layouts: Sequence[str] = LAYOUTS,
     try:
         for shape, layout, mode in (progress(groups) if progress else groups):
             fns = {impl: make_case(impl, mode, shape, layout, dtype) for impl in implementations}
+            if floor:
+                fns[_FLOOR] = floor_case(mode, shape, dtype)
             times = compare_times(fns, budget=budget)
+            floor_s = times.pop(_FLOOR, None)
             nbytes = (roofline.forward_bytes(shape, dtype) if mode == "forward"
                       else roofline.training_bytes(shape, dtype))
             for impl, seconds in times.items():
@@ -261,6 +285,8 @@ def run_cases(shapes: Iterable[Sequence[int]], layouts: Sequence[str] = LAYOUTS,
                                     dtype=str(np.dtype(dtype)), threads=torch.get_num_threads(),
                                     seconds=seconds, bytes=nbytes,
                                     GBps=roofline.achieved_bandwidth(nbytes, seconds) / 1e9))
+                if floor:
+                    records[-1]["floor_s"] = None if impl.endswith(".cuda") else floor_s
             del fns
     finally:
         torch.set_num_threads(saved_threads)

@@ -1,10 +1,13 @@
-r"""The memory roofline of batch normalization: bytes moved, bandwidth, time.
+r"""The memory roofline of batch normalization: bytes moved, passes over memory, time.
 
 Batch normalization does a handful of arithmetic operations per value it reads,
 far fewer than a CPU can do in the time one value arrives from memory, so its
-speed is set by the bytes it moves. This module counts those bytes, measures the
-machine's copy bandwidth and turns the two into the *roofline time*, the least
-time any implementation could take on this machine.
+speed is set by the bytes it moves. This module is arithmetic only: it counts
+those bytes, lists the passes over memory that move them, and turns bytes and
+a bandwidth into a time. Measuring a machine's bandwidth is
+:mod:`bnkit.timing`'s job (:func:`bnkit.timing.measure_copy_bandwidth`,
+:func:`bnkit.timing.stream_passes`); timing batch norm itself is
+:mod:`bnkit.benchmarking`'s.
 
 **The model.** An input ``x`` of shape ``(N, C, *)`` holds :math:`n` values of :math:`s` bytes
 each (:math:`s = 4` in float32), :math:`C` of them per channel position. A
@@ -30,7 +33,9 @@ Training forward, :math:`y = \gamma (x - \mu)/\sqrt{\sigma^2 + \varepsilon} + \b
     B_\text{fwd} = s\,\big[(r + 2)\,n + (2a + 4t + 2)\,C\big]
 
 with :math:`a = 1` when affine (else 0) and :math:`t = 1` when running
-statistics are tracked. The minimum is :math:`r = 1`: **3 n s**.
+statistics are tracked. The minimum is :math:`r = 1`: **3 n s**, in two passes
+(:func:`forward_passes`): one that reads ``x``, one that reads ``x`` and writes
+``y``, two bytes read for every byte written.
 
 Training backward, :math:`g = \partial L/\partial y`:
 
@@ -49,31 +54,43 @@ Training backward, :math:`g = \partial L/\partial y`:
     B_\text{bwd} = s\,\big[(5 + r_\text{re})\,n + (2 + 3a)\,C\big]
 
 with :math:`r_\text{re} = 0`, or :math:`r` when the statistics are recomputed.
-The minimum is **5 n s**: a forward and backward step moves at least
+The minimum is **5 n s**, in two passes (:func:`backward_passes`), four bytes
+read for every byte written: a forward and backward step moves at least
 :math:`8 n s` bytes.
 
-Two things the model leaves out, both measured rather than modelled: an input
-that fits in a cache is served at that cache's bandwidth (the roofline then
-depends on the size, which :func:`measure_copy_bandwidth` captures), and a
-freshly allocated output costs the operating system a page fault per page on
-its first write (``fresh_output=True`` measures it).
+**From bytes to time.** :func:`roofline_time` divides bytes by a bandwidth. Which
+bandwidth is the question: a copy (one read per write, streaming stores) is the
+most favourable mix a machine has, and batch norm's mixes are 2:1 and 4:1. The
+*floor* of Chapter 9 therefore times the passes themselves, with kernels that
+do no arithmetic (:func:`bnkit.timing.stream_passes`). Two things the byte
+count leaves out, both measured rather than modelled: an input that fits in a
+cache is served at that cache's bandwidth, and a freshly allocated output costs
+the operating system a page fault per page on its first write.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
+
+# Kept importable from here for callers written before it moved; it lives in bnkit.timing.
+from .timing import measure_copy_bandwidth  # noqa: F401
 
 __all__ = [
     "forward_bytes",
     "backward_bytes",
     "training_bytes",
+    "forward_passes",
+    "backward_passes",
+    "training_passes",
     "roofline_time",
     "achieved_bandwidth",
-    "measure_copy_bandwidth",
 ]
+
+#: A pass over memory: ``(reads, writes)``, how many full-size arrays it reads and writes.
+Pass = Tuple[int, int]
 
 
 def _sizes(shape: Sequence[int], channel_axis: int) -> tuple:
@@ -178,6 +195,50 @@ def training_bytes(shape: Sequence[int], dtype="float32", *, stat_reads: int = 1
                              affine=affine, channel_axis=channel_axis))
 
 
+def forward_passes(stat_reads: int = 1) -> Tuple[Pass, ...]:
+    """The passes over memory of a training forward, in order: ``(reads, writes)`` of full-size arrays.
+
+    ``stat_reads`` passes read ``x`` for the statistics, ``(1, 0)`` each; the
+    last reads ``x`` and writes ``y``, ``(1, 1)``. Their bytes are those of
+    :func:`forward_bytes` without the per-channel vectors.
+
+    Examples
+    --------
+    >>> forward_passes()
+    ((1, 0), (1, 1))
+    """
+    _check_passes("stat_reads", stat_reads, (1, 2))
+    return ((1, 0),) * stat_reads + ((1, 1),)
+
+
+def backward_passes(recompute_statistics: int = 0) -> Tuple[Pass, ...]:
+    r"""The passes over memory of a training backward, in order: ``(reads, writes)``.
+
+    ``recompute_statistics`` passes read ``x`` again, ``(1, 0)`` each; then one
+    reads ``g`` and ``x`` for the two sums, ``(2, 0)``, and one reads both again
+    and writes :math:`\partial L/\partial x`, ``(2, 1)``. Their bytes are those of
+    :func:`backward_bytes` without the per-channel vectors.
+
+    Examples
+    --------
+    >>> backward_passes()
+    ((2, 0), (2, 1))
+    """
+    _check_passes("recompute_statistics", recompute_statistics, (0, 1, 2))
+    return ((1, 0),) * recompute_statistics + ((2, 0), (2, 1))
+
+
+def training_passes(stat_reads: int = 1, recompute_statistics: int = 0) -> Tuple[Pass, ...]:
+    """:func:`forward_passes` then :func:`backward_passes`: a training step's passes over memory.
+
+    Examples
+    --------
+    >>> training_passes()
+    ((1, 0), (1, 1), (2, 0), (2, 1))
+    """
+    return forward_passes(stat_reads) + backward_passes(recompute_statistics)
+
+
 def roofline_time(nbytes: float, bandwidth: float) -> float:
     r"""Least time to move ``nbytes`` at ``bandwidth``: :math:`t = B / W` seconds.
 
@@ -186,7 +247,8 @@ def roofline_time(nbytes: float, bandwidth: float) -> float:
     nbytes : float
         Bytes to move (read + written), e.g. from :func:`forward_bytes`.
     bandwidth : float
-        Bytes per second (read + written), e.g. from :func:`measure_copy_bandwidth`.
+        Bytes per second (read + written), e.g. from
+        :func:`bnkit.timing.measure_copy_bandwidth`.
 
     Examples
     --------
@@ -205,54 +267,8 @@ def achieved_bandwidth(nbytes: float, seconds: float) -> float:
 
     With ``nbytes`` the *minimal* traffic (:func:`forward_bytes`), this is the
     bandwidth the kernel would need to reach if it moved nothing more; compare
-    it with :func:`measure_copy_bandwidth`.
+    it with :func:`bnkit.timing.measure_copy_bandwidth`.
     """
     if not seconds > 0:
         raise ValueError(f"seconds must be > 0 (got {seconds!r})")
     return nbytes / seconds
-
-
-def measure_copy_bandwidth(nbytes: int, budget: float = 0.2, fresh_output: bool = False,
-                           max_repeats: int = 1000) -> float:
-    """This machine's copy bandwidth for arrays of ``nbytes``, in bytes/s (read + written).
-
-    Copies one array of ``nbytes`` into another with :func:`numpy.copyto` (one
-    thread) and counts ``2 * nbytes`` per copy: the byte mix closest to batch
-    norm's (it reads and writes full-size arrays). The best of repeated copies
-    filling about ``budget`` seconds, so the figure is the machine's ability,
-    not its load. Small sizes are served from the caches and come out faster.
-
-    Parameters
-    ----------
-    nbytes : int
-        Size of the source (and destination) array, > 0.
-    budget : float, default 0.2
-        Seconds to spend repeating the copy (at least 3 copies).
-    fresh_output : bool, default False
-        Allocate a new destination for every copy, as a function that returns
-        a new array does: the first write to each page then costs a page fault.
-    max_repeats : int, default 1000
-
-    Returns
-    -------
-    float
-        Bytes per second, read plus written.
-    """
-    from .benchmarking import best_time
-
-    nbytes = int(nbytes)
-    if nbytes <= 0:
-        raise ValueError(f"nbytes must be > 0 (got {nbytes})")
-    src = np.ones(nbytes, np.uint8)
-    if fresh_output:
-        def copy():
-            dst = np.empty_like(src)
-            np.copyto(dst, src)
-            return dst
-    else:
-        dst = np.zeros_like(src)          # touched once here, so no page faults when timed
-
-        def copy():
-            np.copyto(dst, src)
-    seconds = best_time(copy, budget=budget, max_repeats=max_repeats)
-    return 2 * nbytes / seconds

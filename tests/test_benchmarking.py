@@ -1,5 +1,6 @@
-"""bnkit.benchmarking: the timers return what they promise and every case computes batch
-norm. No assertion depends on how long anything takes."""
+"""bnkit.benchmarking: every case computes batch norm, the harness does exactly what its
+docstring says one call does, and the floor makes the model's passes. No assertion depends
+on how long anything takes (the timers are tested in test_timing.py)."""
 
 import math
 
@@ -8,29 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnkit import benchmarking, roofline
+from bnkit import benchmarking, roofline, timing
 
 
-def test_best_time_calls_at_least_min_repeats_plus_warm_up():
-    calls = []
-    seconds = benchmarking.best_time(lambda: calls.append(1), budget=0.0, min_repeats=4)
-    assert len(calls) == 5                  # 1 warm-up + 4 timed
-    assert seconds >= 0.0 and math.isfinite(seconds)
-
-
-def test_best_time_stops_at_max_repeats():
-    calls = []
-    benchmarking.best_time(lambda: calls.append(1), budget=10.0, min_repeats=1, max_repeats=7)
-    assert len(calls) == 8
-
-
-def test_compare_times_interleaves_the_functions():
-    order = []
-    times = benchmarking.compare_times({"a": lambda: order.append("a"),
-                                        "b": lambda: order.append("b")},
-                                       budget=0.0, min_rounds=3)
-    assert order == ["a", "b"] * 4          # warm-up round, then 3 timed rounds in turn
-    assert set(times) == {"a", "b"} and all(t >= 0.0 for t in times.values())
+def test_the_timers_stay_importable_from_benchmarking():
+    assert benchmarking.best_time is timing.best_time
+    assert benchmarking.compare_times is timing.compare_times
+    for name in benchmarking.__all__:
+        assert hasattr(benchmarking, name)
 
 
 @pytest.mark.parametrize("layout", benchmarking.LAYOUTS)
@@ -94,7 +80,79 @@ def test_run_cases_returns_one_record_per_case_with_minimal_bytes():
     assert all(r["ratio"] > 0 for r in records)
 
 
+def test_run_cases_times_the_floor_in_the_same_rounds():
+    records = benchmarking.run_cases([(8, 4)], budget=0.0, implementations=("torch",),
+                                     floor=True)
+    assert len(records) == 2                            # the floor is no implementation
+    assert all(r["floor_s"] > 0 for r in records)
+    assert "floor_s" not in benchmarking.run_cases([(8, 4)], budget=0.0,
+                                                   implementations=("torch",))[0]
+
+
+def test_torch_case_calls_the_function_the_way_f_batch_norm_is_called():
+    seen = []
+
+    def spy(x, running_mean, running_var, weight, bias, training):
+        seen.append((tuple(x.shape), x.requires_grad, torch.is_grad_enabled(), training,
+                     tuple(running_mean.shape), tuple(weight.shape)))
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training)
+
+    benchmarking.torch_case(spy, "forward", (6, 3, 2))()
+    benchmarking.torch_case(spy, "forward+backward", (6, 3, 2))()
+    assert seen == [((6, 3, 2), False, False, True, (3,), (3,)),
+                    ((6, 3, 2), True, True, True, (3,), (3,))]
+
+
+def test_one_forward_call_updates_the_running_statistics_once():
+    # running_mean starts at 0: after one call it is momentum * batch mean (0.1 * mean)
+    captured = {}
+
+    def keep(x, running_mean, running_var, weight, bias, training):
+        captured["x"], captured["running_mean"] = x, running_mean
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training)
+
+    benchmarking.torch_case(keep, "forward", (50, 4), dtype="float64", seed=3)()
+    expected = 0.1 * captured["x"].mean(dim=0)
+    torch.testing.assert_close(captured["running_mean"], expected, rtol=1e-12, atol=0)
+
+
+def test_forward_backward_returns_the_three_gradients_of_the_harness():
+    # the same x and g, built from the seed, through plain autograd
+    shape = (5, 3, 4)
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.standard_normal(shape)).requires_grad_()
+    g = torch.from_numpy(rng.standard_normal(shape))
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    expected = torch.autograd.grad(F.batch_norm(x, None, None, w, b, training=True), (x, w, b), g)
+    got = benchmarking.torch_case(F.batch_norm, "forward+backward", shape, dtype="float64",
+                                  seed=7)()
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_floor_case_makes_the_model_passes_over_arrays_of_the_size_of_x():
+    # the last pass of a training step writes g + x (two arrays of the size of x)
+    shape = (4, 3, 5)
+    n = math.prod(shape)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    np.testing.assert_array_equal(benchmarking.floor_case("forward+backward", shape)(), a + b)
+    np.testing.assert_array_equal(benchmarking.floor_case("forward", shape)(), -a)
+    with pytest.raises(ValueError, match="mode"):
+        benchmarking.floor_case("backward", shape)
+
+
 def test_add_ratios_leaves_none_without_a_baseline():
     records = [dict(implementation="bnkit.numpy", mode="forward", shape=(4, 3),
                     layout="channels_first", dtype="float32", threads=1, seconds=1.0)]
     assert benchmarking.add_ratios(records)[0]["ratio"] is None
+
+
+def test_chapter_9_shows_the_signature_and_body_of_torch_case():
+    # notebooks/09_speed.ipynb includes torch_case with `:lines: 1-2,30-` (signature, then the
+    # body without the docstring): a docstring that grows or shrinks must move that number
+    import inspect
+    lines = inspect.getsource(benchmarking.torch_case).splitlines()
+    assert lines[1].rstrip().endswith("-> Callable[[], object]:")
+    assert lines[28].strip() == '"""' and lines[29].strip() == "import torch"

@@ -1,5 +1,5 @@
-"""bnkit.roofline: byte counts against hand-computed closed forms. Nothing here is timed:
-the bandwidth measurement is only checked to return a positive, finite number."""
+"""bnkit.roofline: byte counts and passes over memory against hand-computed closed forms.
+Nothing here is timed (the bandwidth measurements are bnkit.timing's, tested there)."""
 
 import math
 
@@ -115,14 +115,39 @@ def test_roofline_time_and_achieved_bandwidth_refuse_bad_values():
         roofline.achieved_bandwidth(1e6, 0.0)
 
 
-@pytest.mark.parametrize("fresh_output", [False, True])
-def test_copy_bandwidth_is_a_positive_number(fresh_output):
-    # not a timing test: only that a measurement comes back, in bytes per second
-    bandwidth = roofline.measure_copy_bandwidth(1 << 16, budget=0.01, fresh_output=fresh_output)
-    assert isinstance(bandwidth, float)
-    assert math.isfinite(bandwidth) and bandwidth > 0
+def test_passes_are_the_byte_counts_without_the_per_channel_vectors():
+    # forward: read x; read x, write y. backward: read g, x; read g, x, write dx
+    assert roofline.forward_passes() == ((1, 0), (1, 1))
+    assert roofline.backward_passes() == ((2, 0), (2, 1))
+    assert roofline.training_passes() == ((1, 0), (1, 1), (2, 0), (2, 1))
+    shape = (32, 256, 14, 14)
+    n, c, s = math.prod(shape), 256, 4
+    for stat_reads in (1, 2):
+        for recompute in (0, 1, 2):
+            passes = roofline.training_passes(stat_reads, recompute)
+            arrays = sum(r + w for r, w in passes)
+            assert arrays == 8 + stat_reads - 1 + recompute
+            assert (roofline.training_bytes(shape, stat_reads=stat_reads,
+                                            recompute_statistics=recompute)
+                    - arrays * n * s) == 13 * c * s
+    fwd_arrays = sum(r + w for r, w in roofline.forward_passes(2))
+    assert roofline.forward_bytes(shape, stat_reads=2) - fwd_arrays * n * s == 8 * c * s
 
 
-def test_copy_bandwidth_refuses_empty_arrays():
-    with pytest.raises(ValueError, match="nbytes"):
-        roofline.measure_copy_bandwidth(0)
+def test_read_write_mix_of_the_passes_is_two_to_one_forward_four_to_one_backward():
+    def mix(passes):
+        return sum(r for r, _ in passes) / sum(w for _, w in passes)
+    assert mix(roofline.forward_passes()) == 2
+    assert mix(roofline.backward_passes()) == 4
+
+
+def test_passes_refuse_impossible_counts():
+    with pytest.raises(ValueError, match="stat_reads"):
+        roofline.forward_passes(0)
+    with pytest.raises(ValueError, match="recompute_statistics"):
+        roofline.backward_passes(3)
+
+
+def test_copy_bandwidth_stays_importable_from_roofline():
+    from bnkit import timing
+    assert roofline.measure_copy_bandwidth is timing.measure_copy_bandwidth

@@ -1,0 +1,253 @@
+"""bnkit.timing: the timers against closed forms, driven by clocks whose readings are known.
+
+No assertion depends on how long anything takes on this machine: every timer takes a
+``clock``, and the fake clocks below advance by set amounts, so best times, repeat
+counts and bandwidths have exact expected values."""
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bnkit
+from bnkit import roofline, timing
+
+
+class CallClock:
+    """A clock that moves only when the timed function runs, by the next of ``durations``."""
+
+    def __init__(self, durations):
+        self.now = 0.0
+        self.durations = list(durations)
+        self.calls = 0
+
+    def __call__(self):
+        return self.now
+
+    def fn(self):
+        self.now += self.durations[self.calls]
+        self.calls += 1
+
+
+class TickClock:
+    """A clock that advances by ``tick`` seconds every time it is read."""
+
+    def __init__(self, tick):
+        self.tick, self.now, self.reads = tick, 0.0, 0
+
+    def __call__(self):
+        self.now += self.tick
+        self.reads += 1
+        return self.now
+
+
+def test_best_time_is_the_least_timed_duration_warm_up_excluded():
+    clock = CallClock([0.001, 5.0, 3.0, 2.0, 4.0])        # the first call (0.001 s) is the warm-up
+    seconds = timing.best_time(clock.fn, budget=0.0, min_repeats=4, clock=clock)
+    assert seconds == 2.0
+    assert clock.calls == 5
+
+
+def test_best_time_repeats_until_the_budget_is_spent():
+    # every call takes 1 s; the deadline is 3.5 s after the first timed call starts:
+    # calls end at 1, 2, 3 (< 3.5, go on), 4 (stop): 4 timed calls, ceil(3.5 / 1)
+    clock = CallClock([1.0] * 20)
+    assert timing.best_time(clock.fn, budget=3.5, min_repeats=1, clock=clock) == 1.0
+    assert clock.calls == 1 + math.ceil(3.5 / 1.0)
+
+
+def test_best_time_makes_min_repeats_even_past_the_budget_and_stops_at_max_repeats():
+    clock = CallClock([1.0] * 20)
+    timing.best_time(clock.fn, budget=0.5, min_repeats=6, clock=clock)
+    assert clock.calls == 1 + 6
+    clock = CallClock([1.0] * 20)
+    timing.best_time(clock.fn, budget=100.0, min_repeats=1, max_repeats=7, clock=clock)
+    assert clock.calls == 1 + 7
+
+
+def test_compare_times_gives_each_function_its_own_least_duration():
+    now = [0.0]
+    clock = lambda: now[0]
+    durations = {"a": iter([9.0, 3.0, 2.0, 5.0]), "b": iter([9.0, 1.0, 7.0, 0.5])}
+    order = []
+
+    def make(name):
+        def fn():
+            order.append(name)
+            now[0] += next(durations[name])
+        return fn
+
+    times = timing.compare_times({"a": make("a"), "b": make("b")}, budget=0.0, min_rounds=3,
+                                 clock=clock)
+    assert times == {"a": 2.0, "b": 0.5}               # warm-up durations (9 s) excluded
+    assert order == ["a", "b"] * 4                     # one warm-up round, then 3 in turn
+
+
+def test_compare_times_budget_is_per_function():
+    # two functions of 1 s each, budget 2 s per function: the deadline is 2 * 2 = 4 s after
+    # the warm-up round; timed rounds end 2 s (go on) and 4 s (stop) after it: 2 rounds
+    now = [0.0]
+
+    def fn():
+        now[0] += 1.0
+
+    calls = []
+    fns = {"a": lambda: (calls.append("a"), fn()), "b": lambda: (calls.append("b"), fn())}
+    timing.compare_times(fns, budget=2.0, min_rounds=1, clock=lambda: now[0])
+    assert len(calls) == 2 * (1 + 2)
+
+
+def test_time_once_is_one_call_without_warm_up():
+    clock = CallClock([7.5, 1.0])
+    assert timing.time_once(clock.fn, clock=clock) == 7.5
+    assert clock.calls == 1
+
+
+@pytest.mark.parametrize("kwargs", [dict(min_repeats=0), dict(min_repeats=5, max_repeats=4),
+                                    dict(min_repeats=1.5)])
+def test_best_time_refuses_impossible_repeat_counts(kwargs):
+    calls = []
+    with pytest.raises(ValueError, match="repeats"):
+        timing.best_time(lambda: calls.append(1), **kwargs)
+    assert calls == []                                  # refused before running anything
+
+
+def test_compare_times_refuses_impossible_round_counts():
+    with pytest.raises(ValueError, match="rounds"):
+        timing.compare_times({"a": lambda: None}, min_rounds=0)
+
+
+@pytest.mark.parametrize("fresh_output", [False, True])
+def test_copy_bandwidth_is_twice_the_bytes_over_the_time_of_one_copy(fresh_output):
+    # with a clock that moves 0.25 s per reading, every timed copy lasts exactly 0.25 s
+    nbytes = 1 << 16
+    bandwidth = timing.measure_copy_bandwidth(nbytes, budget=0.0, fresh_output=fresh_output,
+                                              clock=TickClock(0.25))
+    assert bandwidth == 2 * nbytes / 0.25
+
+
+def test_copy_bandwidth_refuses_empty_arrays():
+    with pytest.raises(ValueError, match="nbytes"):
+        timing.measure_copy_bandwidth(0)
+
+
+@pytest.mark.parametrize(("reads", "writes"), [(1, 0), (2, 0), (1, 1), (2, 1)])
+def test_stream_bandwidth_counts_every_array_read_and_written_once(reads, writes):
+    nbytes = 4 * 1000
+    bandwidth = timing.measure_stream_bandwidth(reads, writes, nbytes, budget=0.0,
+                                                clock=TickClock(0.5))
+    assert bandwidth == (reads + writes) * nbytes / 0.5
+
+
+def _inputs(count, n, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n).astype(dtype) for _ in range(count)]
+
+
+def test_stream_passes_compute_what_they_claim_on_the_same_arrays():
+    n = 1000
+    x, = _inputs(1, n)
+    assert timing.stream_pass(1, 0, 4 * n)() == x.max()
+    np.testing.assert_array_equal(timing.stream_pass(1, 1, 4 * n)(), -x)
+    a, b = _inputs(2, n, seed=3)
+    np.testing.assert_array_equal(timing.stream_pass(2, 1, 4 * n, seed=3)(), a + b)
+    assert timing.stream_pass(2, 0, 4 * n, seed=3)() == max(a.max(), b.max())
+    # a training step's passes: the last one writes g + x into the one output
+    np.testing.assert_array_equal(timing.stream_passes(roofline.training_passes(), 4 * n,
+                                                       seed=3)(), a + b)
+    # float64: nbytes holds half as many values
+    x64, = _inputs(1, 500, dtype=np.float64)
+    np.testing.assert_array_equal(timing.stream_pass(1, 1, 4000, dtype="float64")(), -x64)
+
+
+@pytest.mark.parametrize(("passes", "error", "match"), [
+    ([(1, 2)], ValueError, "writes"),
+    ([(3, 1)], ValueError, "reads 1 or 2"),
+    ([(0, 1)], ValueError, "reads 1 or 2"),
+    ([(0, 0)], ValueError, "read or write"),
+    ([(-1, 0)], ValueError, "reads"),
+    ([], ValueError, "empty"),
+])
+def test_stream_passes_refuse_passes_they_cannot_make(passes, error, match):
+    with pytest.raises(error, match=match):
+        timing.stream_passes(passes, 4096)
+
+
+def test_stream_passes_refuse_bad_sizes_and_dtypes():
+    with pytest.raises(ValueError, match="nbytes"):
+        timing.stream_passes([(1, 0)], 0)
+    with pytest.raises(ValueError, match="at least one"):
+        timing.stream_passes([(1, 0)], 4, dtype="float64")
+    with pytest.raises(TypeError, match="float"):
+        timing.stream_passes([(1, 0)], 4096, dtype="int32")
+
+
+# -- the layers of bnkit's timing code: imports point one way, deferred ones included ----------
+
+PACKAGE = Path(bnkit.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _bnkit_imports(path: Path, modules) -> set:
+    """Every bnkit module ``path`` imports, anywhere in the file (inside functions too)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "bnkit")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "bnkit":
+                continue
+            for a in node.names:                 # `from . import roofline` names a module
+                sub = f"{target}.{a.name}"
+                found.add(sub if sub in modules else target)
+    return found
+
+
+def _import_graph() -> dict:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {m: {t for t in _bnkit_imports(p, modules) if t in modules and t != m}
+            for m, p in modules.items()}
+
+
+def _reachable(graph, start):
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_import_walk_sees_deferred_imports():
+    # benchmarking imports bnkit.torch inside a function; the walk must see it
+    graph = _import_graph()
+    assert "bnkit.torch" in graph["bnkit.benchmarking"]
+    assert {"bnkit.roofline", "bnkit.timing"} <= graph["bnkit.benchmarking"]
+
+
+@pytest.mark.parametrize("module", ["bnkit.timing", "bnkit.roofline", "bnkit.benchmarking",
+                                    "bnkit.fusion", "bnkit.step_profile"])
+def test_no_import_cycle_passes_through_the_timing_modules(module):
+    graph = _import_graph()
+    assert module not in _reachable(graph, module), f"{module} imports itself through a cycle"
+
+
+def test_timing_sits_below_roofline_and_benchmarking():
+    graph = _import_graph()
+    assert graph["bnkit.timing"] == set()              # no bnkit import at all
+    assert "bnkit.benchmarking" not in _reachable(graph, "bnkit.roofline")
