@@ -38,10 +38,14 @@ book: $(STAMP)
 test: chromium unit nbval browser pdfcheck
 
 unit: $(STAMP)
-	$(PY) -m pytest $(XDIST) -m "not browser and not pdf" tests
+	$(PY) -m pytest $(XDIST) -m "not browser and not pdf and not notebooks" tests
 
+# Every notebook under strict nbval, and tests/test_portable_outputs.py: no compared output
+# shows the torch build or the GPU, and the notebooks that could show them also validate
+# under a torch that reports a CUDA build (and a GPU, as far as a CPU can follow).
 nbval: $(STAMP)
-	$(PY) -m pytest $(XDIST) --nbval notebooks --nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider
+	$(PY) -m pytest $(XDIST) --nbval notebooks tests/test_portable_outputs.py \
+	    --nbval-sanitize-with tests/sanitize.cfg -p no:cacheprovider
 
 # The Chromium that the browser test drives and that prints the PDF (tools/chromium.py):
 # CHROMIUM=/path if given, else `chromium` on PATH, else Debian's package installed with apt
