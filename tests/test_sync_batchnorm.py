@@ -84,6 +84,13 @@ def _cases(world_size):
         ("NCDHW-no-running-stats", _case(seed + 3, (2 * world_size, 2, 2, 3, 2),
                                          [2] * world_size, track_running_stats=False)),
     ]
+    # Every shard empty in the first step (L = 0: no value per channel anywhere), then
+    # not: like BatchNorm*d on an empty batch, the running statistics stay and the
+    # counter moves on (momentum=None: the next batch's factor is 1/2, not 1).
+    case = _case(seed + 5, (world_size, 2, 3), [1] * world_size, momentum=None)
+    empty = torch.zeros(world_size, 2, 0, dtype=torch.float64)
+    case["x"][0], case["grad_output"][0] = empty, empty.clone()
+    cases.append(("NCL-all-empty-then-not", case))
     if world_size == 2:                # channels_last (NHWC) memory on every rank
         case = _case(seed + 4, (7, 3, 4, 3), [4, 3])
         for key in ("x", "grad_output"):

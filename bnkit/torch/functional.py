@@ -31,6 +31,7 @@ the cost is per call, not per byte.
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -95,9 +96,17 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps):
+        ctx.training = training
+        if training and _values_per_channel(input) == 0:
+            # An empty batch (as torch): nothing to normalize, no statistics to
+            # learn from; the running statistics stay as they are.
+            ctx.empty = True
+            ctx.save_for_backward(weight, bias)
+            return torch.empty_like(input)
+        ctx.empty = False
         if training:
             mean, var = _batch_statistics(input)
-            m = input.numel() // input.shape[1]
+            m = _values_per_channel(input)
             if running_mean is not None:     # running += momentum * (batch - running)
                 running_mean.lerp_(_as_dtype(mean, running_mean), momentum)
             if running_var is not None:      # the unbiased variance is stored
@@ -112,14 +121,19 @@ class BatchNormFunction(torch.autograd.Function):
         # y = x * (gamma * invstd) + (beta - mu * gamma * invstd): one pass over x
         y = torch.addcmul(_broadcast(shift, input), input, _broadcast(scale, input))
         ctx.save_for_backward(input, mean, invstd, scale)
-        ctx.training = training
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        input, mean, invstd, k = ctx.saved_tensors                 # k = gamma / sqrt(var + eps)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if ctx.empty:               # as torch: an empty input gradient, zero sums
+            weight, bias = ctx.saved_tensors
+            return (torch.empty_like(grad_y) if need_x else None,
+                    torch.zeros_like(weight) if need_w else None,
+                    torch.zeros_like(bias) if need_b else None,
+                    None, None, None, None, None)
+        input, mean, invstd, k = ctx.saved_tensors                 # k = gamma / sqrt(var + eps)
         grad_x = sum_g = sum_g_xhat = None
         if ctx.training or need_w or need_b:
             sum_g, sum_g_xhat = _gradient_sums(grad_y, input, mean, invstd)
@@ -128,7 +142,7 @@ class BatchNormFunction(torch.autograd.Function):
                 # mean and var depend on x: remove the gradient's components along
                 # a per-channel shift (sum_g) and scale (sum_g_xhat) of x, i.e.
                 # grad_x = k * g + c_x * x + c_0 with
-                m = input.numel() // input.shape[1]
+                m = _values_per_channel(input)
                 c_x = (k * invstd).mul_(sum_g_xhat).div_(-m)       # -k * invstd * sum(g xhat) / m
                 c_0 = (k * sum_g).div_(-m).addcmul_(c_x, mean, value=-1)  # -k sum(g)/m - c_x mu
                 grad_x = _affine2(grad_y, k, input, c_x, c_0)
@@ -136,6 +150,12 @@ class BatchNormFunction(torch.autograd.Function):
                 grad_x = grad_y * _broadcast(k, input)              # statistics are constants
         return (grad_x, sum_g_xhat if need_w else None, sum_g if need_b else None,
                 None, None, None, None, None)
+
+
+def _values_per_channel(x: torch.Tensor) -> int:
+    """:math:`m`, the values of each channel: the product of every dim but dim 1."""
+    return math.prod(x.shape) // x.shape[1] if x.shape[1] else math.prod(
+        x.shape[:1] + x.shape[2:])
 
 
 def _as_dtype(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -257,6 +277,11 @@ def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],
     (``running = (1 - momentum) * running + momentum * batch``, storing the
     *unbiased* variance) -- also under :func:`torch.no_grad`. Eval mode
     normalizes with the running statistics.
+
+    An empty batch (no value per channel: :math:`N = 0`, or a spatial size 0)
+    gives an empty output, as in torch; in training mode the running
+    statistics are left unchanged and the gradients of ``weight`` and ``bias``
+    are zeros. Exactly one value per channel in training is refused.
 
     Parameters
     ----------

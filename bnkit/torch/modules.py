@@ -39,13 +39,17 @@ class _BatchNorm(nn.Module):
         ``num_batches_tracked`` (0). When False, eval mode uses batch statistics.
     device, dtype : optional
         Of the parameters and buffers.
+    bias : bool, default True (keyword only)
+        With ``affine``, also learn ``bias``; ``affine=True, bias=False`` learns a
+        scale :math:`\gamma` and no shift (:math:`\beta = 0`, no ``bias`` key in
+        the state dict), as in torch 2.13.
     """
 
     _allowed_ranks: tuple = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None,
-                 dtype=None):
+                 dtype=None, *, bias: bool = True):
         super().__init__()
         _checks.check_positive_int("num_features", num_features)
         _checks.check_eps(eps)
@@ -58,7 +62,10 @@ class _BatchNorm(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -84,7 +91,8 @@ class _BatchNorm(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.Tensor):
@@ -109,7 +117,8 @@ class _BatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm1d(_BatchNorm):
@@ -127,10 +136,13 @@ class BatchNorm1d(_BatchNorm):
     affine, track_running_stats : bool, default True
     device, dtype : optional
         Of the parameters and buffers.
+    bias : bool, default True (keyword only)
+        With ``affine``, also learn ``bias`` (``False``: a scale and no shift).
 
     Shape
     -----
-    Input: (N, C) or (N, C, L); output: same shape.
+    Input: (N, C) or (N, C, L); output: same shape. :math:`N` may be 0 (an
+    empty output; see :func:`bnkit.torch.batch_norm`).
 
     Examples
     --------

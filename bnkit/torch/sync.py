@@ -171,6 +171,13 @@ class SyncBatchNormFunction(torch.autograd.Function):
         gathered = _all_gather(torch.stack([mean_k, m2_k]), group)       # (W, 2, C)
         n_k = torch.tensor(counts, dtype=acc, device=input.device)
         n, mean_acc, m2 = merge_moments(n_k, gathered[:, 0], gathered[:, 1])
+        ctx.group, ctx.total = group, float(n)
+        if sum(counts) == 0:
+            # Every shard is empty (as BatchNorm*d with N = 0): an empty output and the
+            # running statistics left as they are; the backward still all-reduces.
+            zeros = torch.zeros_like(mean_acc)
+            ctx.save_for_backward(input, weight, zeros, zeros)
+            return torch.empty_like(input)
         var_acc = m2 / n
         if running_mean is not None:
             running_mean.copy_(momentum * mean_acc + (1 - momentum) * running_mean)
@@ -183,7 +190,6 @@ class SyncBatchNormFunction(torch.autograd.Function):
         shift = -mean * scale if bias is None else bias - mean * scale
         y = torch.addcmul(_broadcast(shift, input), input, _broadcast(scale, input))
         ctx.save_for_backward(input, weight, mean, invstd)
-        ctx.group, ctx.total = group, float(n)
         return y
 
     @staticmethod
@@ -197,7 +203,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
         dist.all_reduce(both, group=ctx.group)
         all_g, all_g_xhat = both.to(input.dtype).unbind(0)
         grad_x = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.total == 0:
+            grad_x = torch.empty_like(grad_y)
+        elif ctx.needs_input_grad[0]:
             n = ctx.total
             k = invstd if weight is None else invstd * weight          # gamma / sqrt(var + eps)
             c_g = _broadcast(k, input)
@@ -254,6 +262,8 @@ class SyncBatchNorm(_BatchNorm):
         The ranks to synchronize over; default: the default (world) group.
     device, dtype : optional
         Of the parameters and buffers.
+    bias : bool, default True (keyword only)
+        With ``affine``, also learn ``bias`` (``False``: a scale and no shift).
 
     Shape
     -----
@@ -277,6 +287,18 @@ class SyncBatchNorm(_BatchNorm):
     ``init_process_group(timeout=...)``). The gradients of ``weight`` and
     ``bias`` are each rank's share; their sum over ranks is the whole batch's.
 
+    Empty shards, against :class:`torch.nn.SyncBatchNorm` (whose training forward
+    needs a GPU, so this is read from its source, ``torch/nn/modules/_functions.py``):
+    a rank with an empty shard sends zero statistics with count 0, which the
+    merge leaves out, returns an empty output, joins the backward's all-reduce
+    and gets zero ``weight``/``bias`` gradients; its running statistics are
+    updated with the other ranks' batch -- as in torch. When *every* shard is
+    empty, torch hands zero shards to its CUDA kernel
+    ``batch_norm_gather_stats_with_counts``, which divides by the total count 0;
+    bnkit does what ``BatchNorm*d`` does on an empty batch: an empty output,
+    running statistics unchanged, ``num_batches_tracked`` + 1 (also with
+    ``momentum=None``), on every rank.
+
     Examples
     --------
     >>> import torch, bnkit.torch as bnt
@@ -289,9 +311,9 @@ class SyncBatchNorm(_BatchNorm):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group=None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, bias: bool = True):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         device=device, dtype=dtype)
+                         device=device, dtype=dtype, bias=bias)
         self.process_group = process_group
 
     def _check_local_input(self, input) -> None:
@@ -346,7 +368,7 @@ class SyncBatchNorm(_BatchNorm):
             raise TypeError(f"SyncBatchNorm: the ranks' inputs differ in dtype ({names}); "
                             "every rank must use the same dtype")
         counts = [row[2] for row in rows]
-        if sum(counts) <= 1:
+        if sum(counts) == 1:
             raise ValueError("Expected more than 1 value per channel when training, got "
                              f"{sum(counts)} over the {len(rows)} ranks of the process group "
                              f"(input size {tuple(input.shape)} on this rank)")
@@ -365,6 +387,15 @@ class SyncBatchNorm(_BatchNorm):
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, self.running_mean,
                                            self.running_var, float(momentum), float(self.eps),
                                            group, counts)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
+        """Every batch-norm layer of ``module`` replaced by a :class:`SyncBatchNorm`.
+
+        As :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`; see
+        :func:`convert_sync_batchnorm`.
+        """
+        return convert_sync_batchnorm(module, process_group)
 
 
 _CONVERTIBLE = (_BatchNorm, nn.modules.batchnorm._BatchNorm)
@@ -407,7 +438,8 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
                 raise ValueError(f"{type(module).__name__} is not initialized yet (lazy); "
                                  "run one forward pass before converting it")
         new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, process_group, device="meta")
+                            module.track_running_stats, process_group, device="meta",
+                            bias=module.bias is not None)
         for name in ("weight", "bias"):
             setattr(new, name, getattr(module, name))
         for name in ("running_mean", "running_var", "num_batches_tracked"):
