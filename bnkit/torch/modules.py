@@ -46,6 +46,8 @@ class _BatchNorm(nn.Module):
     """
 
     _allowed_ranks: tuple = ()
+    # State-dict version, as torch's: version 2 added ``num_batches_tracked``.
+    _version = 2
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None,
@@ -93,6 +95,24 @@ class _BatchNorm(nn.Module):
             nn.init.ones_(self.weight)
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """torch's rule for checkpoints saved before ``num_batches_tracked`` existed.
+
+        A state dict of version < 2 (or without a version) that lacks the key
+        keeps this layer's current counter (0 for a fresh layer, as torch does),
+        so that it loads strictly; from version 2 on, a missing key is an error.
+        """
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats \
+                and key not in state_dict:
+            counter = self.num_batches_tracked
+            state_dict[key] = (counter if counter is not None and counter.device.type != "meta"
+                               else torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.Tensor):
