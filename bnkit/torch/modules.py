@@ -1,7 +1,15 @@
 r"""``BatchNorm1d/2d/3d``: thin ``nn.Module`` wrappers over :func:`bnkit.torch.batch_norm`.
 
 They hold the same parameters and buffers as :class:`torch.nn.BatchNorm2d`
-under the same names, so state dicts load both ways, strictly.
+under the same names, so state dicts load both ways, strictly (also state
+dicts saved before ``num_batches_tracked`` existed, as torch loads them).
+
+Dtypes, as ``torch.nn.BatchNorm2d``: the output has the *input's* dtype, so a
+float16 or bfloat16 input through a float32 layer (``torch.autocast``, AMP)
+comes out in float16 or bfloat16; the batch statistics are accumulated in at
+least float32; the running statistics are stored in the layer's dtype (the
+``dtype`` argument, or ``.to()``); the gradients of ``weight`` and ``bias`` have
+the layer's dtype, the input gradient the input's. See :mod:`bnkit.torch.kernels`.
 """
 
 from __future__ import annotations

@@ -58,7 +58,14 @@ from torch import nn
 
 from .. import _checks
 from .distributed import PeerError, run_processes
-from .functional import _accumulator, _broadcast, _gradient_sums, _reduce_dims, _row_blocks
+from .kernels import gradient_sums as _gradient_sums
+from .kernels import per_channel as _broadcast
+from .kernels import reduce_dims as _reduce_dims
+from .kernels import row_blocks as _row_blocks
+
+
+def _accumulator(x):
+    return torch.float64 if x.device.type == 'cpu' else torch.promote_types(x.dtype, torch.float32)
 from .modules import _BatchNorm
 
 __all__ = [
