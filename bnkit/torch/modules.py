@@ -1,4 +1,4 @@
-r"""``BatchNorm1d/2d/3d``: thin ``nn.Module`` wrappers over :func:`bnkit.torch.batch_norm`.
+r"""``BatchNorm1d/2d/3d``: thin ``nn.Module`` wrappers over :class:`bnkit.torch.BatchNormFunction`.
 
 They hold the same parameters and buffers as :class:`torch.nn.BatchNorm2d`
 under the same names, so state dicts load both ways, strictly (also state
@@ -20,13 +20,17 @@ import torch
 from torch import nn
 
 from .. import _checks
-from .functional import batch_norm, check_input
+from .functional import BatchNormFunction
+from .kernels import exponential_average_factor
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _BatchNorm(nn.Module):
-    r"""Shared state and forward of the BatchNorm classes.
+class BatchNormBase(nn.Module):
+    r"""Shared state, checks and forward of the BatchNorm classes (and of SyncBatchNorm).
+
+    The counterpart of torch's ``_BatchNorm``: subclasses only say which input
+    ranks they take (``_allowed_ranks``; ``None``: any rank >= 2).
 
     .. math::
 
@@ -122,26 +126,52 @@ class _BatchNorm(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
+    def _check_input(self, input, batch_statistics: bool, whole_batch: bool = True) -> None:
+        """Every check of a call, before anything changes: a refused call leaves no trace.
+
+        ``batch_statistics``: the call normalizes with the batch's statistics,
+        which needs other than exactly one value per channel -- in this input
+        when ``whole_batch``, over every rank's input for :class:`SyncBatchNorm`.
+        """
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor (got {type(input).__name__})")
+        if not input.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor (got dtype {input.dtype})")
+        _checks.check_input_rank(input.dim(), self._allowed_ranks)
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"input has {input.shape[1]} channels (shape "
+                             f"{tuple(input.shape)}) but num_features={self.num_features}")
+        _checks.check_eps(self.eps)
+        _checks.check_momentum(self.momentum, allow_none=True)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            v = getattr(self, name)
+            _checks.check_channel_vector(name, None if v is None else tuple(v.shape),
+                                         self.num_features)
+        if batch_statistics and whole_batch:
+            _checks.check_training_batch(tuple(input.shape), 1)
+
+    def _count_batch(self):
+        """Count a training batch; return the weight of its statistics in the running average.
+
+        ``momentum``, or ``1 / num_batches_tracked`` for ``momentum=None``
+        (:func:`~bnkit.torch.kernels.exponential_average_factor`). Without
+        running statistics there is nothing to count (and the weight is unused).
+        """
+        if not self.track_running_stats or self.num_batches_tracked is None:
+            return 0.0
+        self.num_batches_tracked.add_(1)
+        return exponential_average_factor(self.momentum, self.num_batches_tracked)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if isinstance(input, torch.Tensor):
-            _checks.check_input_rank(input.dim(), self._allowed_ranks)
-            if input.shape[1] != self.num_features:
-                raise ValueError(f"input has {input.shape[1]} channels (shape "
-                                 f"{tuple(input.shape)}) but num_features={self.num_features}")
         use_batch_stats = self.training or self.running_mean is None
         update = self.training and self.track_running_stats
-        running_mean = self.running_mean if update or not self.training else None
-        running_var = self.running_var if update or not self.training else None
-        # Every check first, so a refused call changes no counter or statistic.
-        check_input(input, running_mean, running_var, self.weight, self.bias,
-                    use_batch_stats, 0.0 if self.momentum is None else self.momentum, self.eps)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if update:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
-        return batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                          use_batch_stats, momentum, self.eps)
+        self._check_input(input, use_batch_stats)
+        factor = self._count_batch() if update else 0.0
+        tracked = update or not self.training
+        return BatchNormFunction.apply(input, self.weight, self.bias,
+                                       self.running_mean if tracked else None,
+                                       self.running_var if tracked else None,
+                                       use_batch_stats, factor, float(self.eps))
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -149,7 +179,7 @@ class _BatchNorm(nn.Module):
                 f"track_running_stats={self.track_running_stats}")
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(BatchNormBase):
     r"""Batch norm over a 2D input (N, C) or 3D input (N, C, L), like :class:`torch.nn.BatchNorm1d`.
 
     Statistics per channel over N (and L).
@@ -183,7 +213,7 @@ class BatchNorm1d(_BatchNorm):
     _allowed_ranks = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(BatchNormBase):
     r"""Batch norm over a 4D input (N, C, H, W), like :class:`torch.nn.BatchNorm2d`.
 
     Statistics per channel over (N, H, W): :math:`m = N H W` values each.
@@ -204,7 +234,7 @@ class BatchNorm2d(_BatchNorm):
     _allowed_ranks = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(BatchNormBase):
     r"""Batch norm over a 5D input (N, C, D, H, W), like :class:`torch.nn.BatchNorm3d`.
 
     Statistics per channel over (N, D, H, W). Parameters as for :class:`BatchNorm1d`.
