@@ -113,7 +113,7 @@ def compare_normalization_batches(world_size: int = 4, shard_size: int = 4,
     seeds : sequence of int, default (0, 1, 2)
     steps : int, default 512
     lr, momentum : float, default 0.01, 0.9
-        Of :class:`torch.optim.SGD` (Chapter 7's rate at batch 16).
+        Of :class:`torch.optim.SGD`.
     net : dict, optional
         Arguments of :func:`~bnkit.experiments.small_batch.conv_net` (``seed`` excepted).
     data : dict, optional
