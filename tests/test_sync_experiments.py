@@ -24,9 +24,15 @@ from bnkit.experiments.data_parallel import (
     simulate_data_parallel,
 )
 from bnkit.experiments.small_batch import mnist_images
-from bnkit.experiments.sync_benefit import METRICS, MODES, compare_normalization_batches
+from bnkit.experiments.sync_benefit import (
+    METRICS,
+    MODES,
+    NormalizationBatchResult,
+    compare_normalization_batches,
+)
 from bnkit.experiments.sync_cost import (
     LatencyBandwidth,
+    SyncCost,
     fit_latency_bandwidth,
     measure_sync_cost,
     predict_sync_overhead,
@@ -266,3 +272,49 @@ def test_four_shards_change_the_run():
 def test_compare_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         compare_normalization_batches(**{"steps": 1, "data": _small_data(), **kwargs})
+
+
+# --------------------------------------------------------------------------- reports, options
+
+
+def test_sync_cost_report_and_overheads_from_known_times():
+    p = np.array([8, 1024, 1048576])
+    cost = SyncCost(
+        world_size=2, payload_bytes=p,
+        collective_seconds={"all_gather": 1e-4 + 1e-9 * p, "all_reduce": 2e-4 + 2e-9 * p},
+        step_seconds={"plain": np.array([1e-3, 3e-3, 2e-3]), "sync": np.array([5e-3, 4e-3, 9e-3])},
+        num_channels=[8, 16, 32], collectives_counted={"all_gather": 3, "all_reduce": 3})
+    assert cost.measured_overhead == pytest.approx(5e-3 - 2e-3)
+    pred = cost.predicted_overhead()
+    assert pred.latency == pytest.approx(3 * (1e-4 + 2e-4))
+    text = cost.report()
+    assert "alpha =   100.0 us, beta =  1.00 ns/B (1.00 GB/s)" in text
+    assert "alpha =   200.0 us" in text and "measured overhead 3.00 ms" in text
+    assert f"{1e3 * pred.latency:.2f} ms latency" in text
+
+
+def test_normalization_batch_table_shows_the_spreads():
+    vals = {m: {k: np.array([0.9, 0.92, 0.94]) for k in METRICS} for m in MODES}
+    vals["sync"]["eval_accuracy"] = np.array([0.95, 0.96, 0.97])
+    res = NormalizationBatchResult(seeds=(0, 1, 2), values=vals,
+                                   config={"world_size": 4, "shard_size": 4})
+    text = res.table()
+    assert "per-process, 4 x 4 images" in text and "synchronized, 16 images" in text
+    assert "96.0 ± 1.0" in text                           # sync eval accuracy, sample std
+    assert "synchronized 95.0–97.0" in text
+    np.testing.assert_allclose(res.gap("sync"), [0.05, 0.04, 0.03])
+
+
+def test_command_options_take_the_experiments_defaults():
+    import argparse
+
+    from bnkit.experiments import sync_benefit, sync_cost
+
+    p = argparse.ArgumentParser()
+    sync_cost.configure(p)
+    args = p.parse_args([])
+    assert (args.steps, args.repeats, args.calls, args.shard_size) == (40, 15, 5, 16)
+    p = argparse.ArgumentParser()
+    sync_benefit.configure(p)
+    args = p.parse_args(["--seeds", "3", "4"])
+    assert (args.world_size, args.shard_size, args.steps, args.seeds) == (4, 4, 512, [3, 4])

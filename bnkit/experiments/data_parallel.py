@@ -5,12 +5,12 @@ In data-parallel training :math:`W` processes (ranks) each hold a shard of
 (DDP) averages their parameter gradients, and copies rank 0's buffers to the
 others at every forward pass (its default, ``broadcast_buffers=True``). With
 plain batch norm every rank normalizes with its own shard's statistics; with
-:class:`~bnkit.torch.SyncBatchNorm` every rank uses the whole batch's.
+:class:`~bnkit.torch.sync.SyncBatchNorm` every rank uses the whole batch's.
 
 Both are exactly one process running the whole batch:
 
 * synchronized: plain batch norm over the whole batch (which is what
-  :class:`~bnkit.torch.SyncBatchNorm` computes);
+  :class:`~bnkit.torch.sync.SyncBatchNorm` computes);
 * per-process (local): :class:`LocalBatchNorm`, batch norm applied to each
   shard of :math:`n` samples separately, its running statistics updated from
   the first shard only (rank 0's, which DDP copies to every rank).
@@ -128,7 +128,7 @@ class LocalBatchNorm(BatchNormBase):
 def convert_local_batchnorm(module: nn.Module, shard_size: int) -> nn.Module:
     """Replace every batch-norm layer of ``module`` by a :class:`LocalBatchNorm` (in place).
 
-    Like :meth:`bnkit.torch.SyncBatchNorm.convert_sync_batchnorm`: the new
+    Like :meth:`bnkit.torch.sync.SyncBatchNorm.convert_sync_batchnorm`: the new
     layers take over the old ones' parameters, buffers and mode.
 
     Parameters
@@ -158,10 +158,10 @@ def build_model(mode: str, net: Optional[dict] = None, shard_size: Optional[int]
     mode : {"plain", "sync", "local"}
         ``"plain"``: bnkit's ``BatchNorm*d`` (each rank's own statistics when run in
         processes; the whole batch's in one process). ``"sync"``: converted to
-        :class:`~bnkit.torch.SyncBatchNorm`. ``"local"``: converted to
+        :class:`~bnkit.torch.sync.SyncBatchNorm`. ``"local"``: converted to
         :class:`LocalBatchNorm` with ``shard_size``.
     net : dict, optional
-        Arguments of :func:`conv_net` (``seed`` fixes the initial weights, the
+        Arguments of :func:`~bnkit.experiments.small_batch.conv_net` (``seed`` fixes the initial weights, the
         same for every mode).
     shard_size : int, optional
         Needed for ``"local"``.
@@ -247,7 +247,7 @@ def run_layer_on_shards(xs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
                         timeout: float = 120.0) -> dict:
     r"""Train one batch-norm layer on ``len(shard_sizes)`` processes, rank :math:`k` on shard :math:`k`.
 
-    Each rank builds the same fresh layer -- :class:`~bnkit.torch.SyncBatchNorm`
+    Each rank builds the same fresh layer -- :class:`~bnkit.torch.sync.SyncBatchNorm`
     (``sync``) or plain batch norm -- and runs :func:`layer_steps` on its
     shard of every step's batch (``shard_sizes[k]`` samples, consecutive).
 

@@ -3,7 +3,7 @@ r"""Chapter 8's measurement of what synchronizing buys: per-process against sync
 :math:`W` processes train one network data-parallel, each on a shard of
 :math:`n` images of every batch of :math:`N = Wn`. With plain batch norm each
 rank normalizes with its shard's statistics (a normalization batch of
-:math:`n`); with :class:`~bnkit.torch.SyncBatchNorm`, with the whole batch's
+:math:`n`); with :class:`~bnkit.torch.sync.SyncBatchNorm`, with the whole batch's
 (:math:`N`). Everything else is the same: the weights at the start, the
 images of every step, the averaged gradient, the SGD step.
 
@@ -35,15 +35,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Sequence
 
+import argparse
+
 import numpy as np
 import torch
 
 from ..stats import Spread, spread
+from .arguments import defaults
 from .data_parallel import build_model
 from .small_batch import batch_statistics_accuracy, mnist_images
 from .training import as_tensors, train
 
-__all__ = ["MODES", "METRICS", "NormalizationBatchResult", "compare_normalization_batches"]
+__all__ = ["MODES", "METRICS", "NormalizationBatchResult", "compare_normalization_batches",
+           "configure", "run"]
 
 #: ``"local"``: each process its own statistics; ``"sync"``: the whole batch's.
 MODES = ("local", "sync")
@@ -76,6 +80,29 @@ class NormalizationBatchResult:
     def gap(self, mode: str) -> np.ndarray:
         """Eval-mode minus batch-statistics test accuracy, per seed (shape (len(seeds),))."""
         return self.values[mode]["eval_accuracy"] - self.values[mode]["batch_stats_accuracy"]
+
+    def table(self) -> str:
+        """Mean ± std over the seeds of every metric and the gap, one row per mode (text).
+
+        Accuracies and the gap in percent (points), then the eval-mode
+        accuracies' min–max.
+        """
+        w, n = self.config["world_size"], self.config["shard_size"]
+        names = {"local": f"per-process, {w} x {n} images", "sync": f"synchronized, {w * n} images"}
+        lines = [f"{f'mean ± std over {len(self.seeds)} seeds':28s}{'training loss':>16s}"
+                 f"{'test acc., training':>22s}{'test acc., eval':>18s}{'gap':>14s}",
+                 f"{'':28s}{'':>16s}{'normalization (%)':>22s}{'mode (%)':>18s}{'(points)':>14s}"]
+        for mode, name in names.items():
+            cells = [format(self.spread(mode, "train_loss"), ".3f"),
+                     format(spread(100 * self.values[mode]["batch_stats_accuracy"]), ".1f"),
+                     format(spread(100 * self.values[mode]["eval_accuracy"]), ".1f"),
+                     format(spread(100 * self.gap(mode)), ".1f")]
+            lines.append(f"{name:28s}{cells[0]:>16s}{cells[1]:>22s}{cells[2]:>18s}{cells[3]:>14s}")
+        ranges = ", ".join(f"{names[mode].split(',')[0]} "
+                           f"{spread(100 * self.values[mode]['eval_accuracy']).range('.1f')}"
+                           for mode in names)
+        lines.append(f"eval-mode test accuracy, min–max over the seeds (%): {ranges}")
+        return "\n".join(lines)
 
 
 @contextmanager
@@ -160,3 +187,29 @@ def compare_normalization_batches(world_size: int = 4, shard_size: int = 4,
     return NormalizationBatchResult(seeds=seeds, values=values, config={
         "world_size": world_size, "shard_size": shard_size, "steps": steps, "lr": lr,
         "momentum": momentum, "net": net})
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m bnkit.experiments sync-benefit`` (defaults: :func:`compare_normalization_batches`')."""
+    d = defaults(compare_normalization_batches)
+    parser.add_argument("--world-size", type=int, default=d["world_size"],
+                        help=f"simulated processes W (default: {d['world_size']})")
+    parser.add_argument("--shard-size", type=int, default=d["shard_size"],
+                        help=f"images per process n (default: {d['shard_size']})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(d["seeds"]), metavar="SEED",
+                        help=f"one run per seed and setting (default: {' '.join(map(str, d['seeds']))})")
+    parser.add_argument("--steps", type=int, default=d["steps"],
+                        help=f"SGD steps per run (default: {d['steps']})")
+    parser.add_argument("--lr", type=float, default=d["lr"],
+                        help=f"SGD learning rate (default: {d['lr']})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run :func:`compare_normalization_batches` and print :meth:`NormalizationBatchResult.table`."""
+    result = compare_normalization_batches(world_size=args.world_size, shard_size=args.shard_size,
+                                           seeds=args.seeds, steps=args.steps, lr=args.lr)
+    print(result.table())
+    return 0

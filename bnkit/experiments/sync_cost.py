@@ -8,7 +8,7 @@ latency-bandwidth (:math:`\alpha`-:math:`\beta`, or Hockney) model,
 a fixed latency :math:`\alpha` (seconds) plus :math:`\beta` seconds per byte.
 :func:`fit_latency_bandwidth` fits the two numbers to measured times of one
 collective at several payloads; :func:`predict_sync_overhead` then predicts
-what a :class:`~bnkit.torch.SyncBatchNorm` model adds to a training step from
+what a :class:`~bnkit.torch.sync.SyncBatchNorm` model adds to a training step from
 its collectives (:mod:`bnkit.torch.communication`): per layer :math:`l`, one
 all-gather of :math:`b^\text{fwd}_l` bytes and one all-reduce of
 :math:`b^\text{bwd}_l` bytes,
@@ -21,10 +21,10 @@ all-gather of :math:`b^\text{fwd}_l` bytes and one all-reduce of
 split into its latency part (the :math:`\alpha` terms) and its bandwidth part.
 
 :func:`measure_sync_cost` measures both sides on ``world_size`` local
-processes (:func:`bnkit.torch.run_processes`, ``gloo`` on 127.0.0.1): the
+processes (:func:`bnkit.torch.distributed.run_processes`, ``gloo`` on 127.0.0.1): the
 time of all-gathers and all-reduces of several payloads, and the time of a
 training step of a small conv net (DDP, SGD) with plain batch norm and with
-:class:`~bnkit.torch.SyncBatchNorm`, interleaved so that both see the same
+:class:`~bnkit.torch.sync.SyncBatchNorm`, interleaved so that both see the same
 load. Wall-clock times depend on the machine and its load: never compare them
 exactly, compare them side by side.
 
@@ -33,6 +33,7 @@ Needs torch.
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -45,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..torch import SyncBatchNorm, run_processes
 from ..torch.communication import collectives_per_step, sync_payload_bytes
+from .arguments import defaults
 from .data_parallel import build_model
 
 __all__ = [
@@ -56,11 +58,13 @@ __all__ = [
     "predict_sync_overhead",
     "SyncCost",
     "measure_sync_cost",
+    "configure",
+    "run",
 ]
 
 #: The collectives :func:`measure_sync_cost` times.
 COLLECTIVES = ("all_gather", "all_reduce")
-#: Payloads (bytes per rank) timed by default: 8 B to 1 MiB, float64 values.
+#: The payloads timed by default, in bytes per rank, from 8 B to 1 MiB of float64 values.
 PAYLOAD_BYTES = (8, 64, 512, 4096, 32768, 262144, 1048576)
 
 
@@ -207,26 +211,17 @@ def predict_sync_overhead(num_channels: Sequence[int], all_gather: LatencyBandwi
 
 @dataclass
 class SyncCost:
-    r"""What :func:`measure_sync_cost` measured on one process group.
+    r"""What :func:`measure_sync_cost` measured on one process group of ``world_size`` ranks.
 
-    Attributes
-    ----------
-    world_size : int
-    payload_bytes : ndarray of shape (K,)
-        Bytes per rank of each timed collective.
-    collective_seconds : dict
-        ``"all_gather"``, ``"all_reduce"``: ndarray of shape (K,), the median
-        time of one call at each payload.
-    step_seconds : dict
-        ``"plain"``, ``"sync"``: ndarray of shape (S,), the time of each timed
-        training step (the slowest rank's).
-    num_channels : list of int
-        :math:`C` of the model's batch-norm layers.
-    collectives_counted : dict
-        SyncBatchNorm's collectives counted in one training step of the
-        ``"sync"`` model, by kind (e.g. ``{"all_gather": 3, "all_reduce": 3}``).
-    config : dict
-        The arguments of the measurement.
+    ``payload_bytes`` (shape (K,)): the bytes per rank of each timed
+    collective. ``collective_seconds``: for ``"all_gather"`` and
+    ``"all_reduce"``, the median time of one call at each payload (shape
+    (K,)). ``step_seconds``: for ``"plain"`` and ``"sync"``, the time of each
+    timed training step, the slowest rank's (shape (S,)). ``num_channels``:
+    :math:`C` of the model's batch-norm layers. ``collectives_counted``:
+    SyncBatchNorm's collectives counted in one training step of the
+    ``"sync"`` model, by kind (e.g. ``{"all_gather": 3, "all_reduce": 3}``).
+    ``config``: the arguments of the measurement.
     """
 
     world_size: int
@@ -254,6 +249,26 @@ class SyncCost:
         """:func:`predict_sync_overhead` for this model with this group's fits."""
         return predict_sync_overhead(self.num_channels, self.fit("all_gather"),
                                      self.fit("all_reduce"))
+
+    def report(self) -> str:
+        """The fits, the step times and the predicted overhead, as lines of text."""
+        lines = [f"W = {self.world_size} processes"]
+        for name in COLLECTIVES:
+            fit = self.fit(name)
+            rate = f"{1e-9 / fit.beta:.2f} GB/s" if fit.beta > 0 else "no measurable cost per byte"
+            lines.append(f"  {name:10s}: alpha = {1e6 * fit.alpha:7.1f} us, beta = "
+                         f"{1e9 * fit.beta:5.2f} ns/B ({rate}), p* = alpha/beta = "
+                         f"{fit.crossover_bytes / 1e3:,.0f} kB")
+        pred = self.predicted_overhead()
+        lines.append(f"  training step, median: plain BN {1e3 * self.step_median('plain'):.2f} ms, "
+                     f"SyncBatchNorm {1e3 * self.step_median('sync'):.2f} ms: measured overhead "
+                     f"{1e3 * self.measured_overhead:.2f} ms")
+        lines.append(f"  predicted overhead, {pred.collectives} collectives of "
+                     f"{pred.payload_bytes:,} B in all: {1e3 * pred.latency:.2f} ms latency + "
+                     f"{1e3 * pred.bandwidth:.4f} ms bandwidth (latency "
+                     f"{100 * pred.latency_share:.1f} %)")
+        lines.append(f"  measured / predicted overhead: {self.measured_overhead / pred.total:.1f}")
+        return "\n".join(lines)
 
 
 def _time_collectives(payloads: Sequence[int], calls: int, repeats: int,
@@ -350,7 +365,7 @@ def measure_sync_cost(world_size: int, payload_bytes: Sequence[int] = PAYLOAD_BY
                       timeout: float = 120.0) -> SyncCost:
     r"""Time collectives and training steps with plain and synchronized batch norm on one group.
 
-    Starts ``world_size`` processes (:func:`bnkit.torch.run_processes`,
+    Starts ``world_size`` processes (:func:`bnkit.torch.distributed.run_processes`,
     ``gloo``, one thread each) that
 
     1. time ``dist.all_gather`` and ``dist.all_reduce`` of float64 tensors of
@@ -358,7 +373,7 @@ def measure_sync_cost(world_size: int, payload_bytes: Sequence[int] = PAYLOAD_BY
        a shuffled order, each ``calls`` back-to-back calls after a barrier; the
        median over the rounds of the mean time per call;
     2. build :func:`~bnkit.experiments.data_parallel.build_model` twice, with
-       plain batch norm and with :class:`~bnkit.torch.SyncBatchNorm`, each in
+       plain batch norm and with :class:`~bnkit.torch.sync.SyncBatchNorm`, each in
        ``DistributedDataParallel`` with SGD, and run ``warmup`` untimed steps
        of each, then count SyncBatchNorm's collectives in one step;
     3. time ``steps`` training steps of each (forward, backward with DDP's
@@ -395,3 +410,30 @@ def measure_sync_cost(world_size: int, payload_bytes: Sequence[int] = PAYLOAD_BY
                     config={"calls": calls, "repeats": repeats, "net": net,
                             "shard_size": shard_size, "steps": steps, "warmup": warmup,
                             "seed": seed})
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m bnkit.experiments sync-cost`` (defaults: :func:`measure_sync_cost`'s)."""
+    d = defaults(measure_sync_cost)
+    parser.add_argument("--world-sizes", type=int, nargs="+", default=[2, 3], metavar="W",
+                        help="process counts to measure, one group each (default: 2 3)")
+    parser.add_argument("--steps", type=int, default=d["steps"],
+                        help=f"timed training steps per batch norm (default: {d['steps']})")
+    parser.add_argument("--repeats", type=int, default=d["repeats"],
+                        help=f"rounds over the collectives' payloads (default: {d['repeats']})")
+    parser.add_argument("--calls", type=int, default=d["calls"],
+                        help=f"back-to-back calls per timing (default: {d['calls']})")
+    parser.add_argument("--shard-size", type=int, default=d["shard_size"],
+                        help=f"images per process in a training step (default: {d['shard_size']})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every ``--world-sizes`` group and print :meth:`SyncCost.report`; returns 0."""
+    for w in args.world_sizes:
+        cost = measure_sync_cost(w, calls=args.calls, repeats=args.repeats, steps=args.steps,
+                                 shard_size=args.shard_size)
+        print(cost.report(), flush=True)
+    return 0
