@@ -7,6 +7,7 @@ equality case (module-scoped fixtures), and each failure mode gets one short run
 Every run is bounded by ``run_processes``' timeouts; ports are fresh (bound to port 0).
 """
 
+import collections
 import time
 
 import numpy as np
@@ -24,16 +25,13 @@ from bnkit.torch.distributed import (
     loopback_interface,
     run_processes,
 )
-from bnkit.torch.sync import (
-    SyncBatchNorm,
-    _assemble,
-    _shard_worker,
-    convert_sync_batchnorm,
-    merge_moments,
-    ring_bytes_sent,
+from bnkit.torch.communication import collectives_per_step, ring_bytes_sent, sync_payload_bytes
+from bnkit.torch.sync import SyncBatchNorm, convert_sync_batchnorm, merge_moments
+from sync_testing import (
+    assemble,
     run_shard_cases,
+    shard_worker,
     sync_batch_norm_on_shards,
-    sync_payload_bytes,
     train_steps,
 )
 
@@ -84,6 +82,13 @@ def _cases(world_size):
         ("NCDHW-no-running-stats", _case(seed + 3, (2 * world_size, 2, 2, 3, 2),
                                          [2] * world_size, track_running_stats=False)),
     ]
+    # Every shard empty in the first step (L = 0: no value per channel anywhere), then
+    # not: like BatchNorm*d on an empty batch, the running statistics stay and the
+    # counter moves on (momentum=None: the next batch's factor is 1/2, not 1).
+    case = _case(seed + 5, (world_size, 2, 3), [1] * world_size, momentum=None)
+    empty = torch.zeros(world_size, 2, 0, dtype=torch.float64)
+    case["x"][0], case["grad_output"][0] = empty, empty.clone()
+    cases.append(("NCL-all-empty-then-not", case))
     if world_size == 2:                # channels_last (NHWC) memory on every rank
         case = _case(seed + 4, (7, 3, 4, 3), [4, 3])
         for key in ("x", "grad_output"):
@@ -146,13 +151,55 @@ def _refusals(rank, world_size):
     return caught, untouched, y
 
 
+COLLECTIVES = ("all_gather", "all_reduce", "all_gather_into_tensor", "all_gather_object",
+               "broadcast", "reduce_scatter", "reduce_scatter_tensor", "barrier")
+
+
+def _count_collectives(rank, world_size, steps=3):
+    """Collectives per forward and per backward of a model with 3 SyncBatchNorm layers.
+
+    Every collective of ``torch.distributed`` the layers could call is wrapped
+    with a counter for the duration. Returns, per step, (forward, backward) Counters.
+    """
+    calls = collections.Counter()
+    originals = {name: getattr(dist, name) for name in COLLECTIVES}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(dist, name, counting(name, fn))
+    try:
+        torch.manual_seed(0)
+        model = bnt.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(
+            nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 5),
+            bnt.BatchNorm1d(5, momentum=None), nn.Unflatten(1, (5, 1)), nn.BatchNorm1d(5)))
+        per_step = []
+        for step in range(steps):
+            x = torch.randn(3 + rank, 4)
+            calls.clear()
+            y = model(x)
+            forward = collections.Counter(calls)
+            calls.clear()
+            y.square().sum().backward()
+            per_step.append((forward, collections.Counter(calls)))
+        return per_step
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+
+
 def _with_refusals(rank, world_size, cases):
-    return _shard_worker(rank, world_size, cases), _refusals(rank, world_size)
+    return (shard_worker(rank, world_size, cases), _refusals(rank, world_size),
+            _count_collectives(rank, world_size))
 
 
 def _with_subgroup(rank, world_size, cases):
     """The cases, then a SyncBatchNorm over the subgroup of ranks 0 and 2 only."""
-    results = _shard_worker(rank, world_size, cases)
+    results = shard_worker(rank, world_size, cases)
     group = dist.new_group([0, 2])      # every rank must create it, members or not
     x = torch.arange(12.0, dtype=torch.float64).reshape(6, 2) ** (rank + 1)
     bn = SyncBatchNorm(2, process_group=group, dtype=torch.float64)
@@ -166,10 +213,11 @@ def runs():
     out = {}
     cases2 = [c for _, c in CASES[2]]
     per_rank = run_processes(_with_refusals, 2, (cases2,), timeout=RUN_TIMEOUT)
-    out[2] = (_assemble(cases2, [r[0] for r in per_rank]), [r[1] for r in per_rank])
+    out[2] = (assemble(cases2, [r[0] for r in per_rank]), [r[1] for r in per_rank],
+              [r[2] for r in per_rank])
     cases3 = [c for _, c in CASES[3]]
     per_rank = run_processes(_with_subgroup, 3, (cases3,), timeout=RUN_TIMEOUT)
-    out[3] = (_assemble(cases3, [r[0] for r in per_rank]), [r[1] for r in per_rank])
+    out[3] = (assemble(cases3, [r[0] for r in per_rank]), [r[1] for r in per_rank])
     return out
 
 
@@ -483,10 +531,34 @@ def test_convert_sync_batchnorm_on_a_single_layer_and_lazy_layers():
 # --------------------------------------------------------------------------- communication
 
 
+def test_one_all_gather_per_forward_and_one_all_reduce_per_backward(runs):
+    """Counted on 2 real processes, 3 layers: as torch's SyncBatchNorm, 2 collectives per layer.
+
+    The first forward of each layer also all-gathers its num_features once.
+    """
+    layers = 3
+    for per_step in runs[2][2]:                       # every rank
+        for step, (forward, backward) in enumerate(per_step):
+            assert forward == {"all_gather": layers * (2 if step == 0 else 1)}, (step, forward)
+            assert backward == {"all_reduce": layers}, (step, backward)
+            total = sum(forward.values()) + sum(backward.values())
+            assert total == collectives_per_step(layers, first_step=step == 0)
+
+
+def test_collectives_per_step_for_resnet50_equals_torchs():
+    # 53 batch-norm layers; torch's SyncBatchNorm: one all-gather + one all-reduce each.
+    assert collectives_per_step(53) == 106
+    assert collectives_per_step(53, first_step=True) == 159
+    with pytest.raises(ValueError, match="num_layers"):
+        collectives_per_step(-1)
+
+
 def test_payload_bytes_per_layer():
-    fwd, bwd = sync_payload_bytes([64, 256], bytes_per_value=4)
-    np.testing.assert_array_equal(fwd, [32 + 2 * 64 * 4, 32 + 2 * 256 * 4])
-    np.testing.assert_array_equal(bwd, [2 * 64 * 4, 2 * 256 * 4])
+    fwd, bwd = sync_payload_bytes([64, 256])
+    np.testing.assert_array_equal(fwd, [(2 * 64 + 3) * 8, (2 * 256 + 3) * 8])
+    np.testing.assert_array_equal(bwd, [2 * 64 * 8, 2 * 256 * 8])
+    fwd4, _ = sync_payload_bytes([64], bytes_per_value=4)
+    np.testing.assert_array_equal(fwd4, [(2 * 64 + 3) * 4])
 
 
 def test_ring_bytes_sent():

@@ -29,12 +29,12 @@ from typing import Union
 import torch
 from torch import nn
 
-from .modules import _BatchNorm as _BnkitBatchNorm
+from .modules import BatchNormBase
 
 __all__ = ["fold_batch_norm"]
 
 _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, _BnkitBatchNorm)
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, BatchNormBase)
 
 Foldable = Union[nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
 

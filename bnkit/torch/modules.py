@@ -1,7 +1,15 @@
-r"""``BatchNorm1d/2d/3d``: thin ``nn.Module`` wrappers over :func:`bnkit.torch.batch_norm`.
+r"""``BatchNorm1d/2d/3d``: thin ``nn.Module`` wrappers over :class:`bnkit.torch.BatchNormFunction`.
 
 They hold the same parameters and buffers as :class:`torch.nn.BatchNorm2d`
-under the same names, so state dicts load both ways, strictly.
+under the same names, so state dicts load both ways, strictly (also state
+dicts saved before ``num_batches_tracked`` existed, as torch loads them).
+
+Dtypes, as ``torch.nn.BatchNorm2d``: the output has the *input's* dtype, so a
+float16 or bfloat16 input through a float32 layer (``torch.autocast``, AMP)
+comes out in float16 or bfloat16; the batch statistics are accumulated in at
+least float32; the running statistics are stored in the layer's dtype (the
+``dtype`` argument, or ``.to()``); the gradients of ``weight`` and ``bias`` have
+the layer's dtype, the input gradient the input's. See :mod:`bnkit.torch.kernels`.
 """
 
 from __future__ import annotations
@@ -12,13 +20,17 @@ import torch
 from torch import nn
 
 from .. import _checks
-from .functional import batch_norm, check_input
+from .functional import BatchNormFunction
+from .kernels import exponential_average_factor
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-class _BatchNorm(nn.Module):
-    r"""Shared state and forward of the BatchNorm classes.
+class BatchNormBase(nn.Module):
+    r"""Shared state, checks and forward of the BatchNorm classes (and of SyncBatchNorm).
+
+    The counterpart of torch's ``_BatchNorm``: subclasses only say which input
+    ranks they take (``_allowed_ranks``; ``None``: any rank >= 2).
 
     .. math::
 
@@ -39,13 +51,19 @@ class _BatchNorm(nn.Module):
         ``num_batches_tracked`` (0). When False, eval mode uses batch statistics.
     device, dtype : optional
         Of the parameters and buffers.
+    bias : bool, default True (keyword only)
+        With ``affine``, also learn ``bias``; ``affine=True, bias=False`` learns a
+        scale :math:`\gamma` and no shift (:math:`\beta = 0`, no ``bias`` key in
+        the state dict), as in torch 2.13.
     """
 
     _allowed_ranks: tuple = ()
+    # State-dict version, as torch's: version 2 added ``num_batches_tracked``.
+    _version = 2
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None,
-                 dtype=None):
+                 dtype=None, *, bias: bool = True):
         super().__init__()
         _checks.check_positive_int("num_features", num_features)
         _checks.check_eps(eps)
@@ -58,7 +76,10 @@ class _BatchNorm(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -84,35 +105,81 @@ class _BatchNorm(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """torch's rule for checkpoints saved before ``num_batches_tracked`` existed.
+
+        A state dict of version < 2 (or without a version) that lacks the key
+        keeps this layer's current counter (0 for a fresh layer, as torch does),
+        so that it loads strictly; from version 2 on, a missing key is an error.
+        """
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats \
+                and key not in state_dict:
+            counter = self.num_batches_tracked
+            state_dict[key] = (counter if counter is not None and counter.device.type != "meta"
+                               else torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _check_input(self, input, batch_statistics: bool, whole_batch: bool = True) -> None:
+        """Every check of a call, before anything changes: a refused call leaves no trace.
+
+        ``batch_statistics``: the call normalizes with the batch's statistics,
+        which needs other than exactly one value per channel -- in this input
+        when ``whole_batch``, over every rank's input for :class:`SyncBatchNorm`.
+        """
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor (got {type(input).__name__})")
+        if not input.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor (got dtype {input.dtype})")
+        _checks.check_input_rank(input.dim(), self._allowed_ranks)
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"input has {input.shape[1]} channels (shape "
+                             f"{tuple(input.shape)}) but num_features={self.num_features}")
+        _checks.check_eps(self.eps)
+        _checks.check_momentum(self.momentum, allow_none=True)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            v = getattr(self, name)
+            _checks.check_channel_vector(name, None if v is None else tuple(v.shape),
+                                         self.num_features)
+        if batch_statistics and whole_batch:
+            _checks.check_training_batch(tuple(input.shape), 1)
+
+    def _count_batch(self):
+        """Count a training batch; return the weight of its statistics in the running average.
+
+        ``momentum``, or ``1 / num_batches_tracked`` for ``momentum=None``
+        (:func:`~bnkit.torch.kernels.exponential_average_factor`). Without
+        running statistics there is nothing to count (and the weight is unused).
+        """
+        if not self.track_running_stats or self.num_batches_tracked is None:
+            return 0.0
+        self.num_batches_tracked.add_(1)
+        return exponential_average_factor(self.momentum, self.num_batches_tracked)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if isinstance(input, torch.Tensor):
-            _checks.check_input_rank(input.dim(), self._allowed_ranks)
-            if input.shape[1] != self.num_features:
-                raise ValueError(f"input has {input.shape[1]} channels (shape "
-                                 f"{tuple(input.shape)}) but num_features={self.num_features}")
         use_batch_stats = self.training or self.running_mean is None
         update = self.training and self.track_running_stats
-        running_mean = self.running_mean if update or not self.training else None
-        running_var = self.running_var if update or not self.training else None
-        # Every check first, so a refused call changes no counter or statistic.
-        check_input(input, running_mean, running_var, self.weight, self.bias,
-                    use_batch_stats, 0.0 if self.momentum is None else self.momentum, self.eps)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if update:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
-        return batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                          use_batch_stats, momentum, self.eps)
+        self._check_input(input, use_batch_stats)
+        factor = self._count_batch() if update else 0.0
+        tracked = update or not self.training
+        return BatchNormFunction.apply(input, self.weight, self.bias,
+                                       self.running_mean if tracked else None,
+                                       self.running_var if tracked else None,
+                                       use_batch_stats, factor, float(self.eps))
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(BatchNormBase):
     r"""Batch norm over a 2D input (N, C) or 3D input (N, C, L), like :class:`torch.nn.BatchNorm1d`.
 
     Statistics per channel over N (and L).
@@ -127,10 +194,13 @@ class BatchNorm1d(_BatchNorm):
     affine, track_running_stats : bool, default True
     device, dtype : optional
         Of the parameters and buffers.
+    bias : bool, default True (keyword only)
+        With ``affine``, also learn ``bias`` (``False``: a scale and no shift).
 
     Shape
     -----
-    Input: (N, C) or (N, C, L); output: same shape.
+    Input: (N, C) or (N, C, L); output: same shape. :math:`N` may be 0 (an
+    empty output; see :func:`bnkit.torch.batch_norm`).
 
     Examples
     --------
@@ -143,7 +213,7 @@ class BatchNorm1d(_BatchNorm):
     _allowed_ranks = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(BatchNormBase):
     r"""Batch norm over a 4D input (N, C, H, W), like :class:`torch.nn.BatchNorm2d`.
 
     Statistics per channel over (N, H, W): :math:`m = N H W` values each.
@@ -164,7 +234,7 @@ class BatchNorm2d(_BatchNorm):
     _allowed_ranks = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(BatchNormBase):
     r"""Batch norm over a 5D input (N, C, D, H, W), like :class:`torch.nn.BatchNorm3d`.
 
     Statistics per channel over (N, D, H, W). Parameters as for :class:`BatchNorm1d`.

@@ -44,14 +44,14 @@ from typing import Dict, Iterable, List, Optional
 import torch
 from torch import nn
 
-from .modules import _BatchNorm as _BnkitBatchNorm
+from .modules import BatchNormBase
 
 __all__ = ["recompute_batch_norm_stats", "AGGREGATIONS"]
 
 #: The variance aggregations of :func:`recompute_batch_norm_stats`.
 AGGREGATIONS = ("mean_of_variances", "pooled")
 
-_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, _BnkitBatchNorm)
+_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm, BatchNormBase)
 
 
 class _Accumulator:
