@@ -37,6 +37,8 @@ COMMANDS: Dict[str, Command] = {
                    santurkar.configure_ics, santurkar.run_ics),
     "landscape": Command("Santurkar et al.'s loss landscape along the gradient over training",
                          santurkar.configure_landscape, santurkar.run_landscape),
+    "santurkar": Command("all of Santurkar et al.'s measurements on plain, BN and noisy BN, over seeds",
+                         santurkar.configure_santurkar, santurkar.run_santurkar),
 }
 
 
