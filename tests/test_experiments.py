@@ -490,5 +490,11 @@ def test_histories_round_trip_through_one_compact_file(tiny_data, tmp_path):
         assert np.isnan(values[:, 2]).all() and "probe/other" not in b.logs
         assert b.config == json.loads(json.dumps(h.config))
     assert json.loads(path.read_text())["meta"] == {"note": 1}
+    gz = save_histories({"BN": hs}, tmp_path / "runs.json.gz", keys=["probe/value"], digits=4, meta={"note": 1})
+    assert gz.read_bytes()[:2] == b"\x1f\x8b" and gz.stat().st_size < path.stat().st_size
+    assert save_histories({"BN": hs}, tmp_path / "again.json.gz", keys=["probe/value"], digits=4,
+                          meta={"note": 1}).read_bytes() == gz.read_bytes()  # reproducible bytes
+    np.testing.assert_array_equal(load_histories(gz)["BN"][1].test_accuracy, back["BN"][1].test_accuracy)
+    (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="not a file"):
-        load_histories(tmp_path.joinpath("x.json").write_text("{}") and tmp_path / "x.json")
+        load_histories(tmp_path / "x.json")

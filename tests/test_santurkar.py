@@ -202,7 +202,7 @@ def test_cli_commands_run_end_to_end_over_seeds(tmp_path, capsys, command, varia
     assert code == 0
     out = capsys.readouterr().out
     assert "over 2 seeds" in out
-    (summary_path,) = [p for p in tmp_path.glob(f"{command}-*.json") if not p.name.endswith("-runs.json")]
+    (summary_path,) = tmp_path.glob(f"{command}-*.json")
     summary = json.loads(summary_path.read_text())
     assert set(summary["variants"]) == variants and summary["window_start"] == 0
     assert summary["settings"]["seeds"] == [0, 1] and summary["settings"]["depth"] == 2
@@ -210,7 +210,7 @@ def test_cli_commands_run_end_to_end_over_seeds(tmp_path, capsys, command, varia
         assert len(row["final_test_accuracy"]["values"]) == 2
     assert summary_path.with_suffix(".png").is_file()
     assert len(list(tmp_path.glob("run-*-seed1.json"))) == len(variants)
-    runs = load_histories(summary_path.with_name(summary_path.stem + "-runs.json"))
+    runs = load_histories(summary_path.with_name(summary_path.stem + "-runs.json.gz"))
     assert set(runs) == variants and all(len(hs) == 2 for hs in runs.values())
     for v, hs in runs.items():
         assert [h.final_accuracy for h in hs] == pytest.approx(summary["variants"][v]["final_test_accuracy"]["values"],
@@ -221,8 +221,25 @@ def test_santurkar_command_measures_the_sharpness_and_takes_noisy_bn_by_slug(tmp
     assert cli.main(["santurkar", "--steps", "4", "--every", "2", "--depth", "1", "--seeds", "3",
                      "--variants", "noisy-BN", "--noise", "shift-scale", "--out", str(tmp_path),
                      "--no-progress"]) == 0
-    (h,) = load_histories(tmp_path / "santurkar-depth1-init0.05-shift-scale-runs.json")["noisy BN"]
+    (h,) = load_histories(tmp_path / "santurkar-depth1-init0.05-shift-scale-runs.json.gz")["noisy BN"]
     assert h.config["experiment"]["noise"]["kind"] == "shift-scale"
     steps, top = h.logged("sharpness/top")
     np.testing.assert_array_equal(steps, [0])
     assert np.isfinite(top).all()
+
+
+def test_median_jump_and_format_table():
+    from bnkit.experiments.santurkar import format_table, median_jump
+
+    h = history_with([0.1] * 4, {"train_percentiles": ([0, 100, 200, 300],
+                                                       [[0, 1.0, 2], [0, 3.0, 2], [0, 2.0, 2], [0, 6.0, 2]])})
+    assert median_jump(h) == pytest.approx((2 + 1 + 4) / 3)
+    assert median_jump(h, start=100) == pytest.approx((1 + 4) / 2)
+    with pytest.raises(ValueError, match="fewer than two"):
+        median_jump(h, start=300)
+    text = format_table({"BN": {"acc": [0.9, 0.92], "layers": np.array([[1.0, 2.0], [3.0, 4.0]]), "note": "x"},
+                         "plain": {"acc": [0.8, 0.8]}}, fmt=".2f")
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[0].split() == ["acc", "layers", "note"]
+    assert "0.91 ± 0.01" in lines[1] and "2.00 ± 1.41 | 3.00 ± 1.41" in lines[1] and lines[1].endswith("x")
+    assert "0.80 ± 0.00" in lines[2]

@@ -70,7 +70,7 @@ def ics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
     x, y : the batch, shapes ``(N, d)`` and ``(N,)`` (whatever ``loss_fn`` takes).
     lr : the SGD step :math:`\eta` of the update of the lower layers.
     layers : which weight layers to measure: indices into
-        :func:`weight_layers`, names, or modules. Default: all of them.
+        :func:`~bnkit.experiments.probes.weight_layers`, names, or modules. Default: all of them.
     loss_fn : ``loss_fn(model(x), y) -> scalar``; default cross-entropy.
 
     Returns

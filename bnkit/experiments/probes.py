@@ -52,10 +52,10 @@ __all__ = [
 #: ``loss_fn(model(x), y) -> scalar tensor``.
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: ``(x, y)``: inputs ``(N, d)`` and labels ``(N,)``.
+#: A batch ``(x, y)``, inputs ``(N, d)`` and labels ``(N,)``.
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
-#: What a measuring callback measures on: one fixed batch, or a function of the step's context.
+#: What a measuring callback measures on, one fixed batch or a function of the step's context.
 BatchSource = Union[Batch, Callable[[StepContext], Batch]]
 
 

@@ -14,9 +14,10 @@ command.
 
 from __future__ import annotations
 
+import gzip
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .models import mlp
@@ -81,8 +82,9 @@ def save_histories(histories: Mapping[str, Sequence[History]], path: Union[str, 
 
     Every recorded array is kept, the logged series only for ``keys`` (all
     when None); every float is rounded to ``digits`` significant digits.
-    ``meta`` (JSON data) is stored alongside. Read back with
-    :func:`load_histories`. Returns the path.
+    ``meta`` (JSON data) is stored alongside. A path ending in ``.gz`` is
+    written gzip-compressed. Read back with :func:`load_histories`. Returns
+    the path.
     """
     if digits < 1:
         raise ValueError(f"digits must be >= 1, got {digits}")
@@ -98,15 +100,19 @@ def save_histories(histories: Mapping[str, Sequence[History]], path: Union[str, 
         out[label] = entries
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": _COMPACT_FORMAT, "version": 1, "digits": int(digits),
-                                "meta": dict(meta or {}), "histories": out}, allow_nan=False,
-                               separators=(",", ":")) + "\n")
+    text = json.dumps({"format": _COMPACT_FORMAT, "version": 1, "digits": int(digits), "meta": dict(meta or {}),
+                       "histories": out}, allow_nan=False, separators=(",", ":")) + "\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode(), mtime=0))  # mtime 0: the same runs give the same bytes
+    else:
+        path.write_text(text)
     return path
 
 
 def load_histories(path: Union[str, Path]) -> Dict[str, List[History]]:
     """The labelled lists of histories written by :func:`save_histories` (its ``meta`` is in the file's ``"meta"``)."""
-    d = json.loads(Path(path).read_text())
+    path = Path(path)
+    d = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
     if d.get("format") != _COMPACT_FORMAT:
         raise ValueError(f"{path}: not a file written by save_histories (format {d.get('format')!r})")
     return {label: [History.from_dict(e) for e in entries] for label, entries in d["histories"].items()}

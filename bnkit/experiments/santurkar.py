@@ -68,6 +68,8 @@ __all__ = [
     "series_available",
     "window_median",
     "window_table",
+    "median_jump",
+    "format_table",
     "study",
     "configure_ics",
     "run_ics",
@@ -86,11 +88,11 @@ MEASURES = ("ics", "landscape", "gains", "percentiles", "sharpness")
 #: What it measures unless told otherwise (the sharpness costs as much as the rest together).
 DEFAULT_MEASURES = ("ics", "landscape", "gains", "percentiles")
 
-#: Noisy BN as Santurkar et al. define it (keyword arguments of :func:`~bnkit.experiments.noise.noise_hook`):
-#: i.i.d. noise per sample and unit, mean ~ U(-1, 1) and std ~ U(0.5, 1.5) redrawn per unit at every step.
+#: Noisy BN as Santurkar et al. define it, as keyword arguments of :func:`~bnkit.experiments.noise.noise_hook`
+#: (i.i.d. noise per sample and unit, mean ~ U(-1, 1) and std ~ U(0.5, 1.5) redrawn per unit at every step).
 DEFAULT_NOISE = {"kind": "iid", "mean_range": 1.0, "std_range": (0.5, 1.5)}
 
-#: The book's first noisy BN: a per-unit shift ~ U(-1, 1) and scale ~ U(1, 3) shared by the batch, plus
+#: The book's first noisy BN, a per-unit shift ~ U(-1, 1) and scale ~ U(1, 3) shared by the batch, plus
 #: per-sample noise of std ~ U(0, 0.5).
 SHIFT_SCALE_NOISE = {"kind": "shift-scale", "mean_range": 1.0, "scale_range": (1.0, 3.0), "sample_std": 0.5}
 
@@ -333,6 +335,46 @@ def window_table(runs: Mapping[str, Sequence[History]], names: Sequence[str], st
     return table
 
 
+def median_jump(history: History, start: int = 0, key: str = "train_percentiles") -> float:
+    """Mean absolute change of the recorded median (column 1 of ``key``) between consecutive records from ``start`` on.
+
+    How far, on average, the centre of the watched unit's distribution moves
+    from one record to the next: a number for "the distribution is stable".
+    """
+    steps, p = history.logged(key)
+    mid = p[steps >= start, p.shape[1] // 2]
+    if len(mid) < 2:
+        raise ValueError(f"fewer than two records of {key!r} from step {start} on")
+    return float(np.abs(np.diff(mid)).mean())
+
+
+def format_table(rows: Mapping[str, Mapping[str, Any]], fmt: str = ".3g", width: int = 0) -> str:
+    """A text table: one line per row, one column per key; sequences shown as ``mean ± std`` over seeds.
+
+    Values may be a sequence of numbers (one per seed, shown with
+    :class:`~bnkit.stats.Spread` and ``fmt``), a 2-D array (seeds x layers:
+    one ``mean ± std`` per layer, separated by ``|``) or anything else (shown
+    with ``str``). ``width``: the minimum width of a column.
+    """
+    def cell(v) -> str:
+        if isinstance(v, str) or v is None:
+            return str(v)
+        a = np.asarray(v, dtype=np.float64)
+        if a.ndim == 1:
+            return format(spread(a), fmt)
+        if a.ndim == 2:
+            return " | ".join(format(spread(a[:, j]), fmt) for j in range(a.shape[1]))
+        return str(v)
+
+    cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+    cells = {r: [cell(rows[r].get(c, "")) for c in cols] for r in rows}
+    w0 = max([len(r) for r in rows] + [0])
+    ws = [max([len(c), width] + [len(cells[r][j]) for r in rows]) for j, c in enumerate(cols)]
+    lines = ["  ".join([" " * w0] + [c.rjust(w) for c, w in zip(cols, ws)])]
+    lines += ["  ".join([r.ljust(w0)] + [x.rjust(w) for x, w in zip(cells[r], ws)]) for r in rows]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- #
 # the study and the command line
 # --------------------------------------------------------------------------- #
@@ -361,7 +403,7 @@ def study(data: str = "mnist-5k", data_dir: Optional[Path] = None, seeds: Sequen
     """:func:`run_seeds`, then a figure and a JSON summary over the window past every network's plateau.
 
     ``experiment`` goes to :func:`run_experiment` (steps, depth, lr,
-    init_std, noise, ...). Writes the histories, ``<name>-runs.json`` (all of
+    init_std, noise, ...). Writes the histories, ``<name>-runs.json.gz`` (all of
     them in one compact file, :func:`~bnkit.experiments.runs.save_histories`),
     ``<name>.png`` (each summarised series over training: mean over seeds and
     min--max band, the window shaded) and ``<name>.json``: the settings, the window's first step,
@@ -405,7 +447,7 @@ def study(data: str = "mnist-5k", data_dir: Optional[Path] = None, seeds: Sequen
                           else [compare(va[:, j], vb[:, j]) for j in range(va.shape[1])])
             summary["compare"][f"{a} vs {b}"] = row
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    save_histories(runs, out / f"{name}-runs.json", meta={"summary": summary})
+    save_histories(runs, out / f"{name}-runs.json.gz", meta={"summary": summary})
     if names:
         cols = min(4, len(names))
         rows = -(-len(names) // cols)
@@ -416,7 +458,8 @@ def study(data: str = "mnist-5k", data_dir: Optional[Path] = None, seeds: Sequen
                 steps, _ = series(hs[0], n)
                 vals = np.stack([series(h, n)[1] for h in hs])
                 curves[v] = (steps, vals if vals.ndim == 2 else vals[..., -1])
-            plot_seed_bands(curves, ax=ax, window=start, title=n, logy="cosine" not in n)
+            last = "" if all(np.ndim(series(hs[0], n)[1]) == 1 for hs in runs.values()) else " (last layer)"
+            plot_seed_bands(curves, ax=ax, window=start, title=n + last, logy="cosine" not in n)
         for ax in list(axes.flat)[len(names):]:
             ax.set_visible(False)
         fig.savefig(out / f"{name}.png")
