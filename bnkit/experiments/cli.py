@@ -43,7 +43,10 @@ COMMANDS: Dict[str, Command] = {
 
 
 def build_parser(commands: Optional[Dict[str, Command]] = None) -> argparse.ArgumentParser:
-    """The parser of ``python -m bnkit.experiments``, one subparser per entry of ``commands`` (default :data:`COMMANDS`)."""
+    """The parser of ``python -m bnkit.experiments``: one subparser per entry of ``commands``.
+
+    ``commands`` defaults to :data:`COMMANDS`.
+    """
     parser = argparse.ArgumentParser(prog="python -m bnkit.experiments",
                                      description="The batch-norm book's experiments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")

@@ -248,7 +248,10 @@ def plot_ics(histories: Dict[str, object], layer_labels: Sequence[str], prefix: 
 
 def plot_train_percentiles(history, ax=None, key: str = "train_percentiles", color: Optional[str] = None,
                            title: str = ""):
-    """The percentiles logged by :func:`~bnkit.experiments.santurkar.percentile_callback` against training steps (median thick)."""
+    """The percentiles logged by :func:`~bnkit.experiments.santurkar.percentile_callback` over training.
+
+    The median is drawn thick, the other percentiles dashed.
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:

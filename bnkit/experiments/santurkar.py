@@ -526,7 +526,10 @@ def run_ics(args: argparse.Namespace) -> int:
 
 
 def configure_landscape(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m bnkit.experiments landscape`` (defaults: :func:`study`'s and :func:`run_experiment`'s)."""
+    """The options of ``python -m bnkit.experiments landscape``.
+
+    Defaults: those of :func:`study` and :func:`run_experiment`.
+    """
     _configure_study(parser)
     parser.add_argument("--eta-factors", type=float, nargs="+", default=list(defaults(run_experiment)["eta_factors"]),
                         help="step sizes along the gradient, in multiples of --lr")
@@ -543,7 +546,10 @@ def run_landscape(args: argparse.Namespace) -> int:
 
 
 def configure_santurkar(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m bnkit.experiments santurkar`` (defaults: :func:`study`'s and :func:`run_experiment`'s)."""
+    """The options of ``python -m bnkit.experiments santurkar``.
+
+    Defaults: those of :func:`study` and :func:`run_experiment`.
+    """
     _configure_study(parser)
     parser.add_argument("--noise", choices=("iid", "shift-scale"), default=DEFAULT_NOISE["kind"],
                         help="noisy BN's noise: iid, Santurkar et al.'s (default), or shift-scale")
