@@ -464,3 +464,37 @@ def test_python_dash_m_help():
     r = subprocess.run([sys.executable, "-m", "bnkit.experiments", "figure1", "--help"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--steps" in r.stdout and "--resume" in r.stdout and "--seeds" in r.stdout
+
+
+def test_histories_round_trip_through_one_compact_file(tiny_data, tmp_path):
+    import json
+
+    from bnkit.experiments.runs import load_histories, save_histories
+
+    def cb(ctx):
+        ctx.history.log("probe/value", ctx.step, [1.0 / 3.0, float(ctx.step), float("nan")])
+        ctx.history.log("probe/other", ctx.step, 2.0)
+
+    hs = [train(mlp(SIZES, batch_norm=True, seed=s), tiny_data, steps=4, eval_every=2, record_every=2,
+                callback=cb, callback_every=2, seed=s) for s in (0, 1)]
+    path = save_histories({"BN": hs}, tmp_path / "runs.json", keys=["probe/value"], digits=4, meta={"note": 1})
+    back = load_histories(path)
+    assert list(back) == ["BN"] and len(back["BN"]) == 2
+    for h, b in zip(hs, back["BN"]):
+        np.testing.assert_allclose(b.test_accuracy, h.test_accuracy, rtol=5e-4)
+        np.testing.assert_allclose(b.percentiles, h.percentiles, rtol=5e-4)
+        np.testing.assert_array_equal(b.eval_steps, h.eval_steps)
+        steps, values = b.logged("probe/value")
+        np.testing.assert_array_equal(steps, [0, 2, 4])
+        np.testing.assert_array_equal(values[:, 0], 0.3333)  # four significant digits
+        assert np.isnan(values[:, 2]).all() and "probe/other" not in b.logs
+        assert b.config == json.loads(json.dumps(h.config))
+    assert json.loads(path.read_text())["meta"] == {"note": 1}
+    gz = save_histories({"BN": hs}, tmp_path / "runs.json.gz", keys=["probe/value"], digits=4, meta={"note": 1})
+    assert gz.read_bytes()[:2] == b"\x1f\x8b" and gz.stat().st_size < path.stat().st_size
+    assert save_histories({"BN": hs}, tmp_path / "again.json.gz", keys=["probe/value"], digits=4,
+                          meta={"note": 1}).read_bytes() == gz.read_bytes()  # reproducible bytes
+    np.testing.assert_array_equal(load_histories(gz)["BN"][1].test_accuracy, back["BN"][1].test_accuracy)
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a file"):
+        load_histories(tmp_path / "x.json")

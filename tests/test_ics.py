@@ -1,12 +1,12 @@
 """Chapter 6's measurements: noisy BN, ICS by Definition 2.1, the landscape along the gradient.
 
 Oracles: plain BN (noisy BN with zero noise), a naive re-implementation of
-Definition 2.1 on deep copies of the model, and a quadratic loss whose
-landscape along the gradient is known in closed form.
+Definition 2.1 on deep copies of the model, the gradient the training loop
+itself applies, and a quadratic loss whose landscape along the gradient is
+known in closed form.
 """
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -17,15 +17,21 @@ from torch import nn
 from bnkit.experiments import mlp
 from bnkit.experiments.ics import ics
 from bnkit.experiments.landscape import landscape
-from bnkit.experiments.noise import BatchNormNoise, NoisyBatchNorm1d, frozen_noise, noise_hook
+from bnkit.experiments.noise import (IIDNoise, NoisyBatchNorm1d, ShiftScaleNoise, StepNoise, advance_noise,
+                                    frozen_noise, noise_hook)
 from bnkit.experiments.probes import fixed_batch, preserved_state, weight_layers
-from bnkit.experiments.santurkar import run_experiment
 from bnkit.torch import BatchNorm1d
 
 
 def tiny_net(batch_norm=True, noisy=False, seed=0):
-    """A float64 8-6-5-4-3 sigmoid MLP from the book's builder."""
-    hook = noise_hook(mean_range=0.5, scale_range=(1.0, 2.0), sample_std=0.3, seed=seed) if noisy else None
+    """A float64 8-6-5-4-3 sigmoid MLP from the book's builder (noisy: both kinds of noise, alternating)."""
+    hook = None
+    if noisy:
+        iid = noise_hook("iid", mean_range=0.5, std_range=(0.2, 0.6), seed=seed)
+        shift = noise_hook("shift-scale", mean_range=0.5, scale_range=(1.0, 2.0), sample_std=0.3, seed=seed)
+
+        def hook(layer, width):
+            return (iid if layer % 2 else shift)(layer, width)
     return mlp((8, 6, 5, 4, 3), batch_norm=batch_norm, init_std=0.5, post_norm=hook, seed=seed).double()
 
 
@@ -53,14 +59,18 @@ def assert_unchanged(model, before, training):
 def test_noisy_bn_with_zero_noise_equals_plain_bn(rng):
     x = torch.from_numpy(rng.standard_normal((16, 5)))
     plain = BatchNorm1d(5).double()
-    noisy = NoisyBatchNorm1d(5, mean_range=0.0, scale_range=(1.0, 1.0), sample_std=0.0, seed=1).double()
+    noisy = NoisyBatchNorm1d(5, kind="shift-scale", mean_range=0.0, scale_range=(1.0, 1.0), sample_std=0.0,
+                             seed=1).double()
+    iid = NoisyBatchNorm1d(5, mean_range=0.0, std_range=(0.0, 0.0), seed=1).double()
     with torch.no_grad():
         for m in (plain, noisy.bn):
             m.weight.copy_(torch.linspace(0.5, 2.0, 5))
             m.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    iid.bn.load_state_dict(plain.state_dict())
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ya, yb = plain(xa), noisy(xb)
     torch.testing.assert_close(yb, ya, rtol=0, atol=0)
+    torch.testing.assert_close(iid(x), ya, rtol=0, atol=0)
     g = torch.from_numpy(rng.standard_normal((16, 5)))
     ya.backward(g)
     yb.backward(g)
@@ -69,8 +79,8 @@ def test_noisy_bn_with_zero_noise_equals_plain_bn(rng):
     torch.testing.assert_close(noisy.bn.running_var, plain.running_var, rtol=0, atol=0)
 
 
-def test_noise_is_an_affine_map_per_unit_with_draws_in_range(rng):
-    noise = BatchNormNoise(50, mean_range=0.7, scale_range=(1.5, 3.0), seed=3).double()
+def test_shift_scale_noise_is_an_affine_map_per_unit_with_draws_in_range(rng):
+    noise = ShiftScaleNoise(50, mean_range=0.7, scale_range=(1.5, 3.0), seed=3).double()
     y = torch.from_numpy(rng.standard_normal((40, 50)))
     out = noise(y)  # training mode: a fresh draw, then s * y + m
     m, s = noise.noise_mean, noise.noise_scale
@@ -79,8 +89,9 @@ def test_noise_is_an_affine_map_per_unit_with_draws_in_range(rng):
     assert float(m.abs().max()) > 0.3 and float(s.max() - s.min()) > 0.5  # really random, not constant
 
 
-def test_noise_changes_every_training_forward_and_not_when_frozen(rng):
-    noise = BatchNormNoise(4, seed=0)
+@pytest.mark.parametrize("cls", [IIDNoise, ShiftScaleNoise])
+def test_noise_changes_every_training_forward_and_not_when_frozen(rng, cls):
+    noise = cls(4, seed=0)
     y = torch.from_numpy(rng.standard_normal((8, 4))).float()
     a = noise(y)
     b = noise(y)
@@ -92,7 +103,7 @@ def test_noise_changes_every_training_forward_and_not_when_frozen(rng):
 
 
 def test_per_sample_noise_is_fixed_within_a_frozen_step(rng):
-    noise = BatchNormNoise(4, mean_range=0.0, scale_range=(1.0, 1.0), sample_std=1.0, seed=0)
+    noise = ShiftScaleNoise(4, mean_range=0.0, scale_range=(1.0, 1.0), sample_std=1.0, seed=0)
     y = torch.zeros(8, 4)
     a = noise(y)
     assert float(a.std()) > 0  # zero input, non-zero output: the per-sample noise
@@ -100,31 +111,77 @@ def test_per_sample_noise_is_fixed_within_a_frozen_step(rng):
         torch.testing.assert_close(noise(y), a, rtol=0, atol=0)
 
 
-def test_same_seed_same_noise_sequence(rng):
+@pytest.mark.parametrize("cls", [IIDNoise, ShiftScaleNoise])
+def test_same_seed_same_noise_sequence(rng, cls):
     y = torch.from_numpy(rng.standard_normal((8, 4))).float()
-    n1, n2 = BatchNormNoise(4, seed=5), BatchNormNoise(4, seed=5)
+    n1, n2 = cls(4, seed=5), cls(4, seed=5)
     for _ in range(3):
         torch.testing.assert_close(n1(y), n2(y), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("eval_mode, factor", [("mean", 2.0), ("none", 1.0)])
 def test_noise_in_eval_mode_is_its_expectation_or_nothing(rng, eval_mode, factor):
-    noise = BatchNormNoise(4, mean_range=1.0, scale_range=(1.0, 3.0), eval_mode=eval_mode).eval()
+    noise = ShiftScaleNoise(4, mean_range=1.0, scale_range=(1.0, 3.0), eval_mode=eval_mode).eval()
     y = torch.from_numpy(rng.standard_normal((8, 4))).float()
     torch.testing.assert_close(noise(y), factor * y)
 
 
 def test_noise_rejects_bad_ranges():
     with pytest.raises(ValueError, match="scale_range"):
-        BatchNormNoise(3, scale_range=(2.0, 1.0))
+        ShiftScaleNoise(3, scale_range=(2.0, 1.0))
     with pytest.raises(ValueError, match="eval_mode"):
-        BatchNormNoise(3, eval_mode="sample")
+        ShiftScaleNoise(3, eval_mode="sample")
+    with pytest.raises(ValueError, match="std_range"):
+        IIDNoise(3, std_range=(1.0, 0.5))
+    with pytest.raises(ValueError, match="mean_range"):
+        IIDNoise(3, mean_range=-1.0)
+    with pytest.raises(ValueError, match="kind"):
+        noise_hook("gaussian")
+    with pytest.raises(ValueError, match="std_range"):  # checked when the hook is made, not when it is used
+        noise_hook("iid", std_range=(2.0, 1.0))
+
+
+def test_iid_noise_is_independent_per_sample_and_unit_with_the_steps_mean_and_std(rng):
+    noise = IIDNoise(3, mean_range=2.0, std_range=(0.5, 1.5), seed=7).double()
+    y = torch.from_numpy(rng.standard_normal((20000, 3)))
+    out = noise(y)  # training mode: this step's draw
+    mu, sigma = noise.noise_mean.clone(), noise.noise_std.clone()
+    assert bool((mu.abs() <= 2.0).all()) and bool(((sigma >= 0.5) & (sigma <= 1.5)).all())
+    eps = (out - y - mu) / sigma
+    torch.testing.assert_close(eps, noise.standard_normal(y.shape).double(), rtol=1e-12, atol=1e-12)
+    # i.i.d. N(0, 1) per sample and unit: mean 0, std 1 (20,000 samples: standard errors 0.007),
+    # uncorrelated across units and between neighbouring samples
+    np.testing.assert_allclose(eps.mean(0).numpy(), 0.0, atol=0.03)
+    np.testing.assert_allclose(eps.std(0).numpy(), 1.0, atol=0.03)
+    corr = np.corrcoef(eps.numpy().T)
+    np.testing.assert_allclose(corr[np.triu_indices(3, 1)], 0.0, atol=0.03)
+    np.testing.assert_allclose(np.corrcoef(eps[:-1, 0], eps[1:, 0])[0, 1], 0.0, atol=0.03)
+    # a new step: a new distribution and new draws
+    out2 = noise(y)
+    assert not torch.equal(noise.noise_mean.double(), mu) and not torch.equal(out2, out)
+    # eval mode: the expectation of the noise, 0
+    torch.testing.assert_close(noise.eval()(y), y, rtol=0, atol=0)
+
+
+def test_advance_noise_draws_the_next_steps_noise_without_changing_the_sequence(rng):
+    y = torch.from_numpy(rng.standard_normal((8, 4))).float()
+    plain_run, ahead_run = IIDNoise(4, seed=3), IIDNoise(4, seed=3)
+    for _ in range(3):
+        expected = plain_run(y)
+        assert advance_noise(ahead_run) == 1
+        assert advance_noise(ahead_run) == 1  # twice before a step: still one draw ahead
+        with frozen_noise(ahead_run):
+            seen = ahead_run(y)  # what a measurement before the update sees
+        torch.testing.assert_close(seen, expected, rtol=0, atol=0)
+        torch.testing.assert_close(ahead_run(y), expected, rtol=0, atol=0)  # the update uses that draw
+    assert isinstance(plain_run, StepNoise) and plain_run.steps_drawn == ahead_run.steps_drawn
 
 
 def test_noise_hook_puts_one_seeded_noise_module_after_each_bn():
     net = tiny_net(noisy=True)
     mods = [b.post_norm for b in net.blocks]
-    assert all(isinstance(m, BatchNormNoise) for m in mods)
+    assert [type(m) for m in mods] == [ShiftScaleNoise, IIDNoise, ShiftScaleNoise]
+    assert [m.seed for m in mods] == [0, 1, 2]
     assert len({float(m.noise_mean[0]) for m in mods}) == len(mods)  # independent generators
 
 
@@ -281,62 +338,22 @@ def test_landscape_rejects_negative_steps(rng):
 
 
 # --------------------------------------------------------------------------- #
-# experiment driver and command line
+# batches to measure on
 # --------------------------------------------------------------------------- #
-def tiny_data(rng, n=120, d=8):
-    return {"x_train": rng.random((n, d)).astype(np.float32), "y_train": rng.integers(0, 10, n),
-            "x_test": rng.random((50, d)).astype(np.float32), "y_test": rng.integers(0, 10, 50)}
-
-
 def test_fixed_batch_is_a_seeded_sample_not_the_first_rows(rng):
     data = {"x_train": torch.arange(100.0)[:, None], "y_train": torch.arange(100)}
     x, y = fixed_batch(data, 10, seed=0)
     x2, _ = fixed_batch(data, 10, seed=0)
     torch.testing.assert_close(x, x2)
     assert y.tolist() != list(range(10)) and len(set(y.tolist())) == 10
-
-
-def test_run_experiment_logs_every_measurement(rng, tmp_path):
-    data = tiny_data(rng)
-    res = run_experiment(data, steps=4, depth=3, width=6, every=2, batch_size=10, measure_size=10,
-                         variants=("plain", "BN", "noisy BN"), noise={"mean_range": 0.5}, out=tmp_path)
-    for v, h in res.items():
-        steps, diff = h.logged("ics/diff_norm")
-        np.testing.assert_array_equal(steps, [0, 2, 4])
-        assert diff.shape == (3, 3) and (diff > 0).all()
-        assert h.logged("landscape/loss")[1].shape == (3, 5)
-        assert h.logged("train_percentiles")[1].shape == (3, 3)
-        assert h.config["ics_layers"] == ["blocks.1.linear", "blocks.2.linear", "head"]
-        slug = v.lower().replace(" ", "-")
-        assert (tmp_path / f"ics+landscape+percentiles-{slug}-depth3.json").is_file()
-    again = run_experiment(data, steps=4, depth=3, width=6, every=2, batch_size=10, measure_size=10,
-                           variants=("BN",), out=tmp_path, resume=True)
-    np.testing.assert_array_equal(again["BN"].logged("ics/diff_norm")[1], res["BN"].logged("ics/diff_norm")[1])
-
-
-def test_run_experiment_rejects_unknown_names(rng):
-    with pytest.raises(ValueError, match="unknown"):
-        run_experiment(tiny_data(rng), steps=1, variants=("dropout",))
-
-
-@pytest.mark.parametrize("command", ["ics", "landscape"])
-def test_cli_subcommands_run_end_to_end(tmp_path, capsys, command):
-    from bnkit.experiments import cli
-
-    assert command in cli.COMMANDS
-    code = cli.main([command, "--steps", "4", "--every", "2", "--depth", "2",
-                     "--out", str(tmp_path), "--no-progress"])
-    assert code == 0
-    out = capsys.readouterr().out
-    summary = json.loads(out[:out.rindex("}") + 1])
-    assert set(summary) >= {"plain", "BN"}
-    assert list(tmp_path.glob("*.png")) and list(tmp_path.glob("*.json"))
+    with pytest.raises(ValueError, match="size"):
+        fixed_batch(data, 101)
 
 
 def test_measuring_on_another_batch_size_does_not_change_the_training_noise(rng):
     y_train = torch.from_numpy(rng.standard_normal((8, 4))).float()
     y_other = torch.from_numpy(rng.standard_normal((30, 4))).float()
-    a, b = BatchNormNoise(4, sample_std=1.0, seed=2), BatchNormNoise(4, sample_std=1.0, seed=2)
+    a, b = ShiftScaleNoise(4, sample_std=1.0, seed=2), ShiftScaleNoise(4, sample_std=1.0, seed=2)
     for _ in range(3):
         out_a = a(y_train)
         with frozen_noise(b):
@@ -349,7 +366,7 @@ def test_measuring_on_another_batch_size_does_not_change_the_training_noise(rng)
 
 def test_ics_works_on_a_hand_built_sequential_model(rng):
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(8, 6), NoisyBatchNorm1d(6, seed=1), nn.Sigmoid(),
+    net = nn.Sequential(nn.Linear(8, 6), NoisyBatchNorm1d(6, seed=1, std_range=(0.1, 0.3)), nn.Sigmoid(),
                         nn.Linear(6, 5), BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).double()
     x, y = tiny_batch(rng)
     net.train()
@@ -362,3 +379,50 @@ def test_ics_works_on_a_hand_built_sequential_model(rng):
             diff, cos = naive_ics(net, x, y, 0.4, i)
         np.testing.assert_allclose(r.diff_norm[i], diff, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(r.cosine[i], cos, rtol=1e-10)
+
+
+def test_sharpness_of_a_quadratic_is_its_top_eigenvalue(rng):
+    from bnkit.experiments.landscape import sharpness
+
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    a = q @ np.diag([0.5, 1.0, 2.0, 3.0, 4.0, 9.0]) @ q.T
+    lam = sharpness(Quadratic(a, rng.standard_normal(6)), torch.zeros(1), torch.zeros(1), iterations=80,
+                    loss_fn=quad_loss)
+    np.testing.assert_allclose(lam, 9.0, rtol=1e-6)
+    # beta_eff along any gradient is at most the top eigenvalue
+    r = landscape(Quadratic(a, rng.standard_normal(6)), torch.zeros(1), torch.zeros(1), [0.1], loss_fn=quad_loss)
+    assert r.beta <= lam * (1 + 1e-9)
+
+
+def test_sharpness_of_a_network_matches_a_dense_hessian(rng):
+    """The oracle: torch's own BN (twice differentiable) and the dense Hessian from torch.autograd.functional."""
+    from torch.func import functional_call
+
+    from bnkit.experiments.landscape import sharpness
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 6), nn.BatchNorm1d(6), nn.Sigmoid(), nn.Linear(6, 3)).double().train()
+    x, y = tiny_batch(rng)
+    before = snapshot(net)
+    lam = sharpness(net, x, y, iterations=100)
+    assert_unchanged(net, before, True)
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for _, p in net.named_parameters()]
+    flat0 = torch.cat([p.detach().flatten() for _, p in net.named_parameters()])
+    buffers = {k: b.clone() for k, b in net.named_buffers()}
+
+    def loss_of(w):
+        params, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = int(np.prod(s))
+            params[n] = w[i:i + k].reshape(s)
+            i += k
+        return F.cross_entropy(functional_call(net, {**params, **{k: b.clone() for k, b in buffers.items()}},
+                                               (x,)), y)
+
+    eig = np.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of, flat0).numpy())
+    np.testing.assert_allclose(lam, eig[np.argmax(np.abs(eig))], rtol=1e-5)
+    # the same net with bnkit's BN (once differentiable): the same value
+    twin = nn.Sequential(nn.Linear(8, 6), BatchNorm1d(6), nn.Sigmoid(), nn.Linear(6, 3)).double().train()
+    twin.load_state_dict(net.state_dict())
+    np.testing.assert_allclose(sharpness(twin, x, y, iterations=100), lam, rtol=1e-8)

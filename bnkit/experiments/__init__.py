@@ -10,8 +10,8 @@ before it):
 * :mod:`~bnkit.experiments.noise` -- noisy BN;
   :mod:`~bnkit.experiments.probes` -- losses and gradients at other weights,
   preserved model state, weight layers;
-  :mod:`~bnkit.experiments.ics` and :mod:`~bnkit.experiments.landscape` --
-  Santurkar et al.'s measurements.
+  :mod:`~bnkit.experiments.ics`, :mod:`~bnkit.experiments.landscape` and
+  :mod:`~bnkit.experiments.gains` -- Santurkar et al.'s measurements.
 * :mod:`~bnkit.experiments.figures` -- the plots;
   :mod:`~bnkit.experiments.runs` -- saved runs;
   :mod:`~bnkit.experiments.arguments` -- shared command-line options.

@@ -36,7 +36,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, experiment: Callable) ->
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, experiment: Callable) -> None:
-    """``--out``, ``--resume`` and ``--no-progress``, defaults from ``experiment``'s ``out``, ``resume``, ``progress``."""
+    """``--out``, ``--resume`` and ``--no-progress``.
+
+    Their defaults are ``experiment``'s ``out``, ``resume`` and ``progress``.
+    """
     d = defaults(experiment)
     parser.add_argument("--out", type=Path, default=d["out"], help=f"output directory (default: {d['out']})")
     parser.add_argument("--resume", action="store_true", default=d["resume"],

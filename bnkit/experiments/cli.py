@@ -37,11 +37,16 @@ COMMANDS: Dict[str, Command] = {
                    santurkar.configure_ics, santurkar.run_ics),
     "landscape": Command("Santurkar et al.'s loss landscape along the gradient over training",
                          santurkar.configure_landscape, santurkar.run_landscape),
+    "santurkar": Command("all of Santurkar et al.'s measurements on plain, BN and noisy BN, over seeds",
+                         santurkar.configure_santurkar, santurkar.run_santurkar),
 }
 
 
 def build_parser(commands: Optional[Dict[str, Command]] = None) -> argparse.ArgumentParser:
-    """The parser of ``python -m bnkit.experiments``, one subparser per entry of ``commands`` (default :data:`COMMANDS`)."""
+    """The parser of ``python -m bnkit.experiments``: one subparser per entry of ``commands``.
+
+    ``commands`` defaults to :data:`COMMANDS`.
+    """
     parser = argparse.ArgumentParser(prog="python -m bnkit.experiments",
                                      description="The batch-norm book's experiments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")

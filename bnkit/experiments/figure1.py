@@ -28,7 +28,7 @@ from .training import History
 
 __all__ = ["NETWORKS", "run_figure1", "summarize_figure1", "configure", "run"]
 
-#: The two networks of the figure: label -> whether every hidden layer has BN.
+#: The two networks of the figure, each label with whether every hidden layer has BN.
 NETWORKS = {"plain": False, "bn": True}
 
 

@@ -24,7 +24,7 @@ from ..plotting import COLORS
 from .training import History
 
 __all__ = ["NET_COLORS", "net_color", "plot_accuracy", "plot_accuracy_band", "plot_percentiles", "plot_figure1",
-           "plot_beta_gamma", "plot_sweep", "plot_ics", "plot_train_percentiles", "plot_landscape"]
+           "plot_beta_gamma", "plot_sweep", "plot_ics", "plot_train_percentiles", "plot_landscape", "plot_seed_bands"]
 
 #: Colours of the networks across the book's experiment figures.
 NET_COLORS = {"plain": COLORS["blue"], "BN": COLORS["vermillion"], "noisy BN": COLORS["green"],
@@ -248,7 +248,10 @@ def plot_ics(histories: Dict[str, object], layer_labels: Sequence[str], prefix: 
 
 def plot_train_percentiles(history, ax=None, key: str = "train_percentiles", color: Optional[str] = None,
                            title: str = ""):
-    """The percentiles logged by :func:`~bnkit.experiments.santurkar.percentile_callback` against training steps (median thick)."""
+    """The percentiles logged by :func:`~bnkit.experiments.santurkar.percentile_callback` over training.
+
+    The median is drawn thick, the other percentiles dashed.
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -298,4 +301,38 @@ def plot_landscape(histories: Dict[str, object], axes=None, prefix: str = "lands
     for ax in axes:
         ax.set_yscale("log")
     axes[0].legend(fontsize="small")
+    return fig
+
+
+def plot_seed_bands(curves: Mapping[str, Sequence], ax=None, window: Optional[float] = None, logy: bool = False,
+                    ylabel: str = "", title: str = "", colors: Optional[Mapping[str, str]] = None):
+    """One measurement over training and over seeds: the mean as a line, the min--max over seeds as a band.
+
+    ``curves`` maps a label to ``(steps, values)`` with ``steps`` of shape
+    ``(T,)`` and ``values`` of shape ``(seeds, T)``. ``window``: the first
+    step of the summary window, shaded from there to the last step. NaNs are
+    ignored. Returns the figure.
+    """
+    fig, ax = _axes(ax)
+    last = 0
+    for i, (label, (steps, values)) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(steps):
+            raise ValueError(f"{label!r}: values must have shape (seeds, {len(steps)}), got {values.shape}")
+        c = net_color(label, i, colors)
+        with np.errstate(all="ignore"):
+            lo, hi, mean = np.nanmin(values, 0), np.nanmax(values, 0), np.nanmean(values, 0)
+        ax.fill_between(steps, lo, hi, color=c, alpha=0.25, lw=0)
+        ax.plot(steps, mean, color=c, label=f"{label} ({values.shape[0]} seeds)")
+        last = max(last, float(np.max(steps)))
+    if window is not None:
+        ax.axvspan(window, last, color="0.85", alpha=0.5, lw=0, zorder=0, label="summary window")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
     return fig

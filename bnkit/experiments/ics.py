@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .probes import LossFn, buffer_copies, loss_and_grads, parameter_copies, preserved_state, weight_layers
+from .probes import (BatchSource, LossFn, batch_at, buffer_copies, loss_and_grads, parameter_copies, preserved_state,
+                     weight_layers)
 
 __all__ = ["ICSResult", "ics", "ics_callback"]
 
@@ -69,7 +70,7 @@ def ics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
     x, y : the batch, shapes ``(N, d)`` and ``(N,)`` (whatever ``loss_fn`` takes).
     lr : the SGD step :math:`\eta` of the update of the lower layers.
     layers : which weight layers to measure: indices into
-        :func:`weight_layers`, names, or modules. Default: all of them.
+        :func:`~bnkit.experiments.probes.weight_layers`, names, or modules. Default: all of them.
     loss_fn : ``loss_fn(model(x), y) -> scalar``; default cross-entropy.
 
     Returns
@@ -114,15 +115,19 @@ def ics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
     return ICSResult([n for n, _ in chosen], np.array(g_norm), np.array(d_norm), np.array(cos), float(loss))
 
 
-def ics_callback(x: torch.Tensor, y: torch.Tensor, layers: Optional[Sequence] = None,
+def ics_callback(batch: BatchSource, layers: Optional[Sequence] = None,
                  lr: Optional[float] = None, prefix: str = "ics") -> Callable:
-    """A :func:`bnkit.experiments.train` callback logging :func:`ics` on the fixed batch ``(x, y)``.
+    """A :func:`bnkit.experiments.train` callback logging :func:`ics` on ``batch``.
 
-    Logs ``{prefix}/grad_norm``, ``{prefix}/diff_norm``, ``{prefix}/cosine``
-    (each of shape ``(k,)`` per step) into the history; ``lr`` defaults to
-    the training rate. Use with ``callback_every``.
+    ``batch`` is a fixed ``(x, y)`` or a function of the step's context, e.g.
+    :func:`~bnkit.experiments.probes.next_training_batch` (the step's own
+    batch, before its update). Logs ``{prefix}/grad_norm``,
+    ``{prefix}/diff_norm``, ``{prefix}/cosine`` (each of shape ``(k,)`` per
+    step) into the history; ``lr`` defaults to the training rate. Use with
+    ``callback_every``.
     """
     def callback(ctx) -> None:
+        x, y = batch_at(batch, ctx)
         r = ics(ctx.model, x, y, ctx.lr if lr is None else lr, layers)
         ctx.history.log(f"{prefix}/grad_norm", ctx.step, r.grad_norm)
         ctx.history.log(f"{prefix}/diff_norm", ctx.step, r.diff_norm)

@@ -21,6 +21,12 @@ take steps :math:`\eta` along :math:`-g` and measure
   quadratic :math:`\tfrac12 w^\top A w` it is :math:`\lVert A g\rVert / \lVert g\rVert`
   for every :math:`\eta` (the curvature along :math:`g`).
 
+:func:`sharpness` is the top eigenvalue :math:`\lambda_{\max}` of the Hessian of
+the loss on a batch, the curvature in the worst direction, which bounds the
+curvature along any direction (for a quadratic, :math:`\beta_{\text{eff}} \le
+\lambda_{\max}`); Cohen et al. (2021) track it under full-batch gradient
+descent, where it rises to about :math:`2/\eta` and stays there.
+
 :func:`landscape` measures one step; :func:`landscape_callback` logs it during
 :func:`bnkit.experiments.train`; :func:`bnkit.experiments.figures.plot_landscape`
 draws it. As in :mod:`bnkit.experiments.ics`, the model runs in training
@@ -29,6 +35,7 @@ mode with BN noise frozen and is left untouched.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -37,12 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .probes import LossFn, buffer_copies, flat, loss_and_grads, parameter_copies, preserved_state
+from .probes import (BatchSource, LossFn, batch_at, buffer_copies, flat, loss_and_grads, parameter_copies,
+                     preserved_state)
 
 __all__ = [
     "LandscapeResult",
     "landscape",
     "landscape_callback",
+    "sharpness",
+    "sharpness_callback",
     "DEFAULT_ETA_FACTORS",
 ]
 
@@ -108,18 +118,83 @@ def landscape(model: nn.Module, x: torch.Tensor, y: torch.Tensor, etas: Sequence
     return LandscapeResult(etas, np.array(losses), np.array(diffs), float(loss0), float(g_flat.norm()))
 
 
-def landscape_callback(x: torch.Tensor, y: torch.Tensor, eta_factors: Sequence[float] = DEFAULT_ETA_FACTORS,
+def landscape_callback(batch: BatchSource, eta_factors: Sequence[float] = DEFAULT_ETA_FACTORS,
                        prefix: str = "landscape") -> Callable:
-    """A :func:`bnkit.experiments.train` callback logging :func:`landscape` on the fixed batch ``(x, y)``.
+    """A :func:`bnkit.experiments.train` callback logging :func:`landscape` on ``batch``.
 
-    Step sizes are ``eta_factors`` times the training rate. Logs
+    ``batch`` is a fixed ``(x, y)`` or a function of the step's context, e.g.
+    :func:`~bnkit.experiments.probes.next_training_batch` (the step's own
+    batch, before its update). Step sizes are ``eta_factors`` times the
+    training rate. Logs
     ``{prefix}/loss`` and ``{prefix}/grad_diff`` (shape ``(E,)`` per step),
     ``{prefix}/loss0``, ``{prefix}/grad_norm`` and ``{prefix}/beta`` (scalars).
     """
     factors = np.asarray(eta_factors, dtype=np.float64)
 
     def callback(ctx) -> None:
+        x, y = batch_at(batch, ctx)
         r = landscape(ctx.model, x, y, factors * ctx.lr)
         for k in ("loss", "grad_diff", "loss0", "grad_norm", "beta"):
             ctx.history.log(f"{prefix}/{k}", ctx.step, getattr(r, k))
+    return callback
+
+
+def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iterations: int = 20, seed: int = 0,
+              loss_fn: LossFn = F.cross_entropy, h: float = 1e-5) -> float:
+    r"""The top eigenvalue of the Hessian of ``model``'s loss on ``(x, y)``, by power iteration.
+
+    Every parameter is part of :math:`w`. Each iteration is one
+    Hessian-vector product by central differences of gradients,
+    :math:`Hv \approx (\nabla\mathcal L(w + hv) - \nabla\mathcal L(w - hv))/2h`,
+    on a float64 copy of the model (so layers with a once-differentiable
+    backward, like :func:`bnkit.torch.batch_norm`, need no double
+    backpropagation). The start vector is Gaussian, drawn from a generator
+    seeded with ``seed``. Returns the Rayleigh quotient :math:`v^\top H v` of
+    the last unit iterate: the eigenvalue of largest magnitude (the top one
+    wherever the Hessian is nearly positive semi-definite, as near a
+    minimum). The model is left as it was.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    twin = copy.deepcopy(model).double()
+    x = x.double() if torch.is_floating_point(x) else x
+    names = [n for n, _ in twin.named_parameters()]
+    with preserved_state(twin, training=True):
+        params = parameter_copies(twin)
+        buffers = buffer_copies(twin)
+
+        def grad_at(v, sign):
+            with torch.no_grad():
+                moved = {n: (params[n] + sign * h * vi).requires_grad_(True) for n, vi in zip(names, v)}
+            return loss_and_grads(twin, moved, buffers, x, y, loss_fn, names)[1]
+
+        gen = torch.Generator().manual_seed(int(seed))
+        v = [torch.randn(params[n].shape, generator=gen, dtype=torch.float64) for n in names]
+        norm = flat(v).norm()
+        v = [t / norm for t in v]
+        rayleigh = float("nan")
+        for _ in range(iterations):
+            hv = [(a - b) / (2 * h) for a, b in zip(grad_at(v, 1.0), grad_at(v, -1.0))]
+            rayleigh = float(flat(hv) @ flat(v))
+            norm = flat(hv).norm()
+            if norm == 0:
+                return 0.0
+            v = [t / norm for t in hv]
+    return rayleigh
+
+
+def sharpness_callback(batch: BatchSource, every: int = 500, iterations: int = 20,
+                       prefix: str = "sharpness") -> Callable:
+    """A :func:`bnkit.experiments.train` callback logging :func:`sharpness` on ``batch`` at every ``every``-th step.
+
+    Logs ``{prefix}/top`` (a scalar) at steps that are multiples of ``every``
+    (step 0 included); use with a ``callback_every`` that divides ``every``.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+
+    def callback(ctx) -> None:
+        if ctx.step % every == 0:
+            x, y = batch_at(batch, ctx)
+            ctx.history.log(f"{prefix}/top", ctx.step, sharpness(ctx.model, x, y, iterations=iterations))
     return callback

@@ -13,13 +13,17 @@ weights moved along the gradient -- without touching the model. The pieces:
   :math:`w`, through ``torch.func.functional_call``.
 * :func:`weight_layers` -- the model's ``nn.Linear`` layers in forward order.
 * :func:`flat` -- tensors concatenated into one float64 vector.
-* :func:`fixed_batch` -- a seeded sample of training examples.
+* Batches to measure on: :func:`next_training_batch` (the batch of the
+  update that follows a callback, so a measurement taken in the callback is
+  taken *before* that update, on its own batch), :func:`heldout_batch` (a
+  fresh batch of test examples at every step), :func:`fixed_batch` (one
+  seeded sample, the same at every step).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .noise import frozen_noise
+from .training import BatchStream, StepContext
 
 __all__ = [
     "LossFn",
@@ -36,11 +41,22 @@ __all__ = [
     "buffer_copies",
     "loss_and_grads",
     "flat",
+    "Batch",
+    "BatchSource",
     "fixed_batch",
+    "next_training_batch",
+    "heldout_batch",
+    "batch_at",
 ]
 
 #: ``loss_fn(model(x), y) -> scalar tensor``.
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: A batch ``(x, y)``, inputs ``(N, d)`` and labels ``(N,)``.
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+#: What a measuring callback measures on, one fixed batch or a function of the step's context.
+BatchSource = Union[Batch, Callable[[StepContext], Batch]]
 
 
 @contextlib.contextmanager
@@ -80,7 +96,7 @@ def buffer_copies(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 def loss_and_grads(model: nn.Module, params: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.Tensor],
                    x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
-                   wrt: Sequence[str]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                   wrt: Sequence[str], create_graph: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     r"""The loss :math:`\mathcal L(w; x, y)` of ``model`` at parameters ``params`` and its gradient.
 
     Parameters
@@ -93,6 +109,8 @@ def loss_and_grads(model: nn.Module, params: Mapping[str, torch.Tensor], buffers
     x, y : the batch, as ``loss_fn`` expects.
     loss_fn : ``loss_fn(output, y) -> scalar``.
     wrt : names of the parameters to differentiate.
+    create_graph : keep the graph of the gradients, for second derivatives
+        (Hessian-vector products).
 
     Returns
     -------
@@ -101,7 +119,7 @@ def loss_and_grads(model: nn.Module, params: Mapping[str, torch.Tensor], buffers
     """
     bufs = {k: b.clone() for k, b in buffers.items()}
     loss = loss_fn(functional_call(model, {**params, **bufs}, (x,)), y)
-    return loss.detach(), list(torch.autograd.grad(loss, [params[k] for k in wrt]))
+    return loss.detach(), list(torch.autograd.grad(loss, [params[k] for k in wrt], create_graph=create_graph))
 
 
 def flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -123,3 +141,41 @@ def fixed_batch(data: Mapping[str, torch.Tensor], size: int, seed: int = 0,
     idx = np.random.default_rng(seed).choice(len(x), size=size, replace=False)
     idx = torch.from_numpy(np.sort(idx))
     return x[idx], y[idx]
+
+
+def next_training_batch(ctx: StepContext) -> Batch:
+    """The minibatch of the update that follows the callback of ``ctx`` (update ``ctx.step + 1``).
+
+    :func:`bnkit.experiments.train` hands its callback the context *after*
+    update ``ctx.step``; the minibatches are a pure function of the seed and
+    the step (:class:`~bnkit.experiments.BatchStream`), so the next one is
+    known. A measurement on it, at the current weights, is a measurement on
+    the step's own batch taken before the step's update -- what Santurkar et
+    al. measure. (After the last update it is the batch a further step would use.)
+    """
+    cfg = ctx.history.config["train"]
+    x, y = ctx.data["x_train"], ctx.data["y_train"]
+    idx = BatchStream(len(x), cfg["batch_size"], cfg["seed"]).indices(ctx.step)
+    idx = torch.from_numpy(idx)
+    return x[idx], y[idx]
+
+
+def heldout_batch(size: int = 60, seed: int = 0) -> Callable[[StepContext], Batch]:
+    """A batch source: at step ``t``, ``size`` test examples drawn with ``np.random.default_rng([seed, t])``.
+
+    A fresh batch the network is never trained on, different at every step
+    (and the same for every network given the same seed).
+    """
+    def source(ctx: StepContext) -> Batch:
+        x, y = ctx.data["x_test"], ctx.data["y_test"]
+        if not 0 < size <= len(x):
+            raise ValueError(f"size must be in [1, {len(x)}], got {size}")
+        idx = np.random.default_rng([int(seed), int(ctx.step)]).choice(len(x), size=size, replace=False)
+        idx = torch.from_numpy(np.sort(idx))
+        return x[idx], y[idx]
+    return source
+
+
+def batch_at(source: BatchSource, ctx: StepContext) -> Batch:
+    """The batch ``source`` gives at the step of ``ctx``: the batch itself, or ``source(ctx)``."""
+    return source(ctx) if callable(source) else source

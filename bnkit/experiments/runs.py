@@ -5,18 +5,27 @@
 :class:`~bnkit.experiments.History` as JSON and NPZ, reuses a finished result
 with the same settings when asked to, and continues an interrupted run from
 its checkpoint.
+
+:func:`save_histories` and :func:`load_histories` keep many runs (labelled,
+several seeds each) in one compact JSON file, numbers rounded to a few
+significant digits: the form in which a chapter ships the result of a long
+command.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .models import mlp
 from .training import History, train
 
-__all__ = ["RESULTS_DIR", "run_key", "cached_train"]
+__all__ = ["RESULTS_DIR", "run_key", "cached_train", "save_histories", "load_histories"]
+
+_COMPACT_FORMAT = "bnkit.experiments.histories"
 
 #: Where the commands write their results unless told otherwise.
 RESULTS_DIR = Path("results")
@@ -56,3 +65,54 @@ def cached_train(stem: Path, data, data_name: str, model_kwargs: Mapping[str, An
     history.save(json_path)
     history.save(stem.with_suffix(".npz"))
     return history
+
+
+def _rounded(value, digits: int):
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, float) and math.isfinite(value) and value != 0.0:
+        return float(f"{value:.{digits}g}")
+    return value
+
+
+def save_histories(histories: Mapping[str, Sequence[History]], path: Union[str, Path],
+                   keys: Optional[Sequence[str]] = None, digits: int = 5,
+                   meta: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write labelled lists of histories (e.g. one per seed) to one compact JSON file.
+
+    Every recorded array is kept, the logged series only for ``keys`` (all
+    when None); every float is rounded to ``digits`` significant digits.
+    ``meta`` (JSON data) is stored alongside. A path ending in ``.gz`` is
+    written gzip-compressed. Read back with :func:`load_histories`. Returns
+    the path.
+    """
+    if digits < 1:
+        raise ValueError(f"digits must be >= 1, got {digits}")
+    out = {}
+    for label, hs in histories.items():
+        entries = []
+        for h in hs:
+            d = h.to_dict()
+            d["arrays"] = {k: _rounded(v, digits) for k, v in d["arrays"].items()}
+            d["logs"] = {k: {"steps": v["steps"], "values": _rounded(v["values"], digits)}
+                         for k, v in d["logs"].items() if keys is None or k in keys}
+            entries.append(d)
+        out[label] = entries
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"format": _COMPACT_FORMAT, "version": 1, "digits": int(digits), "meta": dict(meta or {}),
+                       "histories": out}, allow_nan=False, separators=(",", ":")) + "\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode(), mtime=0))  # mtime 0: the same runs give the same bytes
+    else:
+        path.write_text(text)
+    return path
+
+
+def load_histories(path: Union[str, Path]) -> Dict[str, List[History]]:
+    """The labelled lists of histories written by :func:`save_histories` (its ``meta`` is in the file's ``"meta"``)."""
+    path = Path(path)
+    d = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
+    if d.get("format") != _COMPACT_FORMAT:
+        raise ValueError(f"{path}: not a file written by save_histories (format {d.get('format')!r})")
+    return {label: [History.from_dict(e) for e in entries] for label, entries in d["histories"].items()}
