@@ -1,4 +1,4 @@
-"""The book's experiments (Chapters 5-7): models, training, measurements, figures, command line.
+"""The book's experiments (Chapters 1 and 5-8): models, training, measurements, figures, command line.
 
 The package's modules, from the bottom up (each imports only modules listed
 before it):
@@ -15,8 +15,13 @@ before it):
 * :mod:`~bnkit.experiments.figures` -- the plots;
   :mod:`~bnkit.experiments.runs` -- saved runs;
   :mod:`~bnkit.experiments.arguments` -- shared command-line options.
+* :mod:`~bnkit.experiments.saturation` -- why normalize: a deep sigmoid network at
+  initialisation (Chapter 1);
+  :mod:`~bnkit.experiments.data_parallel` -- batch norm on the shards of a batch, live
+  over processes and simulated in one;
 * :mod:`~bnkit.experiments.figure1`, :mod:`~bnkit.experiments.santurkar`,
-  :mod:`~bnkit.experiments.small_batch` -- the experiments of Chapters 5, 6, 7.
+  :mod:`~bnkit.experiments.small_batch`, :mod:`~bnkit.experiments.sync_benefit` and
+  :mod:`~bnkit.experiments.sync_cost` -- the experiments of Chapters 5, 6, 7 and 8.
 * :mod:`~bnkit.experiments.cli` -- ``python -m bnkit.experiments <command>``,
   the leaf on top.
 
