@@ -109,7 +109,7 @@ def gradient_norms(variant: str, batch_size: int, data=None, steps: int = 200, l
     Parameters
     ----------
     variant : str
-        A key of :data:`VARIANTS` whose network has a hidden fc layer.
+        A key of :data:`~bnkit.experiments.small_batch.VARIANTS` whose network has a hidden fc layer.
     batch_size : int
     data : dict, optional
         As for :func:`~bnkit.experiments.small_batch.batch_size_sweep`; default :func:`~bnkit.experiments.small_batch.mnist_images`.
