@@ -1,5 +1,7 @@
 """Chapter 7's experiment code (bnkit.experiments.small_batch) on tiny configurations."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +10,9 @@ from torch import nn
 
 import bnkit.torch as bnt
 from bnkit.experiments import evaluate
-from bnkit.experiments.small_batch import (BATCH_SIZES, NORMS, batch_size_sweep, batch_statistics_accuracy,
-                                           conv_net, mnist_images, norm_layer, precise_accuracy)
+from bnkit.experiments.small_batch import (BATCH_SIZES, NORMS, VARIANTS, WATCHED_LAYERS, SweepResult,
+                                           batch_size_sweep, batch_statistics_accuracy, conv_net, main,
+                                           mnist_images, norm_layer, precise_accuracy, variant_net)
 
 # conv1 8*1*9, conv2 16*8*9, fc 16*7*7*32, head 32*10 + 10
 WEIGHTS = 8 * 9 + 16 * 8 * 9 + 16 * 49 * 32 + 32 * 10 + 10
@@ -17,6 +20,7 @@ EXPECTED_NORM_TYPES = {
     "batch": (bnt.BatchNorm2d, bnt.BatchNorm2d, bnt.BatchNorm1d),
     "layer": (bnt.GroupNorm, bnt.GroupNorm, bnt.LayerNorm),
     "group": (bnt.GroupNorm, bnt.GroupNorm, bnt.GroupNorm),
+    "instance": (bnt.GroupNorm, bnt.GroupNorm, nn.Identity),
     "none": (nn.Identity, nn.Identity, nn.Identity),
 }
 
@@ -47,6 +51,8 @@ def test_builder_uses_the_right_norm_layers(norm):
         assert net.norm_fc.normalized_shape == (32,)
     if norm == "group":
         assert (net.norm1.num_groups, net.norm2.num_groups, net.norm_fc.num_groups) == (4, 4, 4)
+    if norm == "instance":
+        assert (net.norm1.num_groups, net.norm2.num_groups) == (8, 16)
     assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
@@ -57,6 +63,9 @@ def test_parameter_counts(norm):
     if norm == "none":
         assert count == WEIGHTS + 8 + 16 + 32                 # biases of conv1, conv2, fc
         assert all(m.bias is not None for m in (net.conv1, net.conv2, net.fc))
+    elif norm == "instance":
+        assert count == WEIGHTS + 2 * (8 + 16) + 32           # gamma, beta of the conv norms; fc bias
+        assert net.conv1.bias is None and net.conv2.bias is None and net.fc.bias is not None
     else:
         assert count == WEIGHTS + 2 * (8 + 16 + 32)           # gamma and beta of every norm
         assert all(m.bias is None for m in (net.conv1, net.conv2, net.fc))
@@ -81,6 +90,24 @@ def test_layer_variant_is_layer_norm_over_channels_and_pixels():
     torch.testing.assert_close(net.norm1(x), F.layer_norm(x, (8, 28, 28)), rtol=1e-5, atol=1e-5)
 
 
+def test_instance_variant_is_instance_norm_per_channel_and_example():
+    net = conv_net("instance")
+    x = torch.randn(4, 8, 28, 28)
+    with torch.no_grad():
+        net.norm1.weight.uniform_(0.5, 2.0)
+        net.norm1.bias.normal_()
+        expected = F.instance_norm(x, weight=net.norm1.weight, bias=net.norm1.bias)
+        torch.testing.assert_close(net.norm1(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_instance_norm_is_refused_where_its_sets_hold_one_value():
+    with pytest.raises(ValueError, match="m = 1"):
+        norm_layer("instance", 32, spatial=False)
+    with pytest.raises(ValueError, match="m = 1"):
+        conv_net("batch", fc_norm="instance")
+    assert not hasattr(conv_net("group", hidden=0, fc_norm="instance"), "fc")   # no fc layer: nothing to refuse
+
+
 def test_fc_norm_overrides_the_hidden_layers_normalization():
     net = conv_net("batch", fc_norm="none")
     assert isinstance(net.norm1, bnt.BatchNorm2d) and isinstance(net.norm_fc, nn.Identity)
@@ -96,7 +123,7 @@ def test_other_widths_and_no_hidden_layer():
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"norm": "instance"}, "norm must be one of"),
+    ({"norm": "weight"}, "norm must be one of"),
     ({"fc_norm": "weight"}, "fc_norm must be one of"),
     ({"norm": "group", "num_groups": 3}, "must divide"),
     ({"image_size": 30}, "not divisible"),
@@ -177,39 +204,91 @@ def test_precise_accuracy_recomputes_on_a_copy(tiny_data):
 
 
 def test_sweep_on_a_tiny_configuration(tiny_data):
-    result = batch_size_sweep(tiny_data, batch_sizes=(2, 8), norms=("batch", "group"), examples=32,
-                              lr=0.02, reference_batch_size=8)
+    result = batch_size_sweep(tiny_data, batch_sizes=(2, 8), variants=("batch", "group"), examples=32,
+                              lr=0.02, reference_batch_size=8, seeds=(0, 1))
+    np.testing.assert_array_equal(result.seeds, [0, 1])
     np.testing.assert_array_equal(result.batch_sizes, [2, 8])
     np.testing.assert_array_equal(result.steps, [16, 4])
     np.testing.assert_allclose(result.lr, [0.005, 0.02])
-    assert result.norms == ("batch", "group")
-    for norm in result.norms:
-        assert result.test_accuracy[norm].shape == (2,)
-        assert np.all((0 <= result.test_accuracy[norm]) & (result.test_accuracy[norm] <= 1))
-        assert np.all(np.isfinite(result.train_loss[norm]))
-        assert np.all(result.seconds[norm] > 0)
-    assert result.bn_batch_stats_accuracy.shape == result.bn_precise_accuracy.shape == (2,)
-    assert result.accuracy("group", 8) == result.test_accuracy["group"][1]
+    assert result.variants == ("batch", "group")
+    for v in result.variants:
+        assert result.test_accuracy[v].shape == (2, 2)
+        assert np.all((0 <= result.test_accuracy[v]) & (result.test_accuracy[v] <= 1))
+        assert np.all(np.isfinite(result.train_loss[v]))
+        assert np.all(result.seconds[v] > 0)
+        assert result.weight_change[v].shape == (2, 2, len(WATCHED_LAYERS))
+        assert np.all(result.weight_change[v] > 0)
+    assert set(result.batch_stats_accuracy) == set(result.precise_accuracy) == {"batch"}
+    assert result.batch_stats_accuracy["batch"].shape == (2, 2)
+    np.testing.assert_array_equal(result.values("group", 8), result.test_accuracy["group"][:, 1])
+    assert result.spread("group", 8).n == 2
     with pytest.raises(KeyError, match="not in the sweep"):
         result.index(4)
-    again = batch_size_sweep(tiny_data, batch_sizes=(2, 8), norms=("batch", "group"), examples=32,
-                             lr=0.02, reference_batch_size=8)
-    for norm in result.norms:
-        np.testing.assert_array_equal(again.test_accuracy[norm], result.test_accuracy[norm])
-    np.testing.assert_array_equal(again.bn_batch_stats_accuracy, result.bn_batch_stats_accuracy)
+    with pytest.raises(KeyError, match="has no variant"):
+        result.values("group", 8, "batch_stats_accuracy")
+    # a run depends only on its own (variant, batch size, seed): a sub-sweep reproduces the entries exactly
+    again = batch_size_sweep(tiny_data, batch_sizes=(8,), variants=("batch",), examples=32,
+                             lr=0.02, reference_batch_size=8, seeds=(1,))
+    part = result.select(seeds=(1,), batch_sizes=(8,), variants=("batch",))
+    for name in ("test_accuracy", "train_loss", "batch_stats_accuracy", "precise_accuracy", "weight_change"):
+        np.testing.assert_array_equal(getattr(again, name)["batch"], getattr(part, name)["batch"])
+
+
+def test_frozen_variant_trains_only_the_fc_norm_and_the_head(tiny_data):
+    net = variant_net("batch_frozen", seed=3)
+    trainable = [name for name, p in net.named_parameters() if p.requires_grad]
+    assert trainable == ["norm_fc.weight", "norm_fc.bias", "head.weight", "head.bias"]
+    result = batch_size_sweep(tiny_data, batch_sizes=(8,), variants=("batch_frozen", "batch"), examples=32,
+                              seeds=(3,))
+    np.testing.assert_array_equal(result.weight_change["batch_frozen"][0, 0, :3], [0, 0, 0])
+    assert result.weight_change["batch_frozen"][0, 0, 3] > 0 and np.all(result.weight_change["batch"] > 0)
+
+
+def test_variants_build_the_documented_networks():
+    assert isinstance(variant_net("batch_conv").norm1, bnt.BatchNorm2d)
+    assert isinstance(variant_net("batch_conv").norm_fc, nn.Identity)
+    assert variant_net("batch_conv").fc.bias is not None
+    assert variant_net("instance").norm1.num_groups == 8
+    for name, spec in VARIANTS.items():
+        net = variant_net(name)
+        assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        assert all(p.requires_grad for p in net.head.parameters())
+    with pytest.raises(ValueError, match="variant must be one of"):
+        variant_net("batchnorm")
+    with pytest.raises(ValueError, match="hidden fc layer"):
+        variant_net("batch_frozen", hidden=0)
+
+
+def test_sweep_result_saves_and_loads_exactly(tiny_data, tmp_path):
+    result = batch_size_sweep(tiny_data, batch_sizes=(4, 8), variants=("batch_conv", "layer"), examples=16,
+                              seeds=(0, 2))
+    path = result.save(tmp_path / "sweep.json")
+    back = SweepResult.load(path)
+    assert back.variants == result.variants and back.config == json.loads(json.dumps(result.config))
+    for name in ("seeds", "batch_sizes", "steps", "lr"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
+    for name in ("test_accuracy", "train_loss", "seconds", "batch_stats_accuracy", "precise_accuracy",
+                 "weight_change"):
+        assert set(getattr(back, name)) == set(getattr(result, name))
+        for v, a in getattr(result, name).items():
+            np.testing.assert_array_equal(getattr(back, name)[v], a)
+    with pytest.raises(ValueError, match="not a saved SweepResult"):
+        SweepResult.from_dict({"format": "something else"})
 
 
 def test_sweep_without_batch_norm_has_no_batch_norm_measurements(tiny_data):
-    result = batch_size_sweep(tiny_data, batch_sizes=(4,), norms=("layer",), examples=8)
-    assert result.bn_batch_stats_accuracy is None and result.bn_precise_accuracy is None
+    result = batch_size_sweep(tiny_data, batch_sizes=(4,), variants=("layer",), examples=8)
+    assert result.batch_stats_accuracy == {} and result.precise_accuracy == {}
     assert result.steps.tolist() == [2]
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"batch_sizes": (1, 4)}, "batch sizes must lie"),
     ({"batch_sizes": (4, 1000)}, "batch sizes must lie"),
-    ({"batch_sizes": (4,), "norms": ("batch", "weight")}, "norm must be one of"),
+    ({"batch_sizes": (4,), "variants": ("batch", "weight")}, "variant must be one of"),
     ({"batch_sizes": (4,), "examples": 0}, "examples must be positive"),
+    ({"batch_sizes": (4,), "seeds": (1, 1)}, "distinct"),
+    ({"batch_sizes": (4,), "seeds": ()}, "distinct"),
 ])
 def test_sweep_refuses_bad_arguments(tiny_data, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -218,3 +297,41 @@ def test_sweep_refuses_bad_arguments(tiny_data, kwargs, match):
 
 def test_the_chapters_batch_sizes():
     assert BATCH_SIZES == (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def test_command_line_writes_a_reproducible_file(tmp_path):
+    out = tmp_path / "sweep.json"
+    assert main(["--output", str(out), "--seeds", "0", "--variants", "group", "--batch-sizes", "8",
+                 "--examples", "16", "--no-progress"]) == 0
+    result = SweepResult.load(out)
+    assert result.config["command"].endswith("--examples 16 --no-progress")
+    assert result.variants == ("group",) and result.steps.tolist() == [2]
+    again = batch_size_sweep(None, (8,), ("group",), examples=16, seeds=(0,))
+    np.testing.assert_array_equal(again.test_accuracy["group"], result.test_accuracy["group"])
+    with pytest.raises(SystemExit):
+        main(["--output", str(tmp_path / "sweep.csv")])
+
+
+def test_merging_sweeps_over_disjoint_seeds_equals_one_sweep(tiny_data, tmp_path):
+    from bnkit.experiments.small_batch import merge_sweeps
+    kwargs = dict(batch_sizes=(4, 8), variants=("batch", "group"), examples=16)
+    whole = batch_size_sweep(tiny_data, seeds=(0, 1, 2), **kwargs)
+    merged = merge_sweeps([batch_size_sweep(tiny_data, seeds=(0, 1), **kwargs),
+                           batch_size_sweep(tiny_data, seeds=(2,), **kwargs)])
+    np.testing.assert_array_equal(merged.seeds, [0, 1, 2])
+    assert merged.config["seeds"] == [0, 1, 2]
+    for name in ("test_accuracy", "train_loss", "batch_stats_accuracy", "precise_accuracy", "weight_change"):
+        for v, a in getattr(whole, name).items():
+            np.testing.assert_array_equal(getattr(merged, name)[v], a)
+    with pytest.raises(ValueError, match="share seeds"):
+        merge_sweeps([whole, whole.select(seeds=(1,))])
+    with pytest.raises(ValueError, match="more than their seeds"):
+        merge_sweeps([whole.select(seeds=(0,)), batch_size_sweep(tiny_data, seeds=(5,), batch_sizes=(4, 8),
+                                                                 variants=("batch", "group"), examples=32)])
+    # the command line merges files
+    whole.select(seeds=(0,)).save(tmp_path / "a.json")
+    whole.select(seeds=(1, 2)).save(tmp_path / "b.json")
+    assert main(["--output", str(tmp_path / "all.json"), "--merge", str(tmp_path / "a.json"),
+                 str(tmp_path / "b.json")]) == 0
+    back = SweepResult.load(tmp_path / "all.json")
+    np.testing.assert_array_equal(back.test_accuracy["group"], whole.test_accuracy["group"])
