@@ -73,7 +73,8 @@ def check_input(input: torch.Tensor, running_mean=None, running_var=None, weight
                     ("weight", weight), ("bias", bias)):
         _checks.check_channel_vector(name, None if v is None else tuple(v.shape), c)
     if training:
-        _checks.check_training_batch(tuple(input.shape), 1)
+        if values_per_channel(input) == 1:
+            _checks.check_training_batch(tuple(input.shape), 1)    # raises
     elif running_mean is None or running_var is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var; "
                          "pass training=True to normalize with batch statistics")

@@ -210,26 +210,33 @@ def exponential_average_factor(momentum: Optional[float], num_batches_tracked) -
     :math:`1/k` with :math:`k` the ``num_batches_tracked`` *after* counting this
     batch, so that after :math:`k` batches the running statistics are the plain
     mean of the :math:`k` batch statistics. As in torch, an empty batch counts
-    too (it moves the counter but not the statistics).
+    too (it moves the counter but not the statistics). Under
+    :func:`torch.compile` the factor is a 0-d float64 tensor, so that reading
+    the counter does not break the graph (``float`` of a tensor would).
     """
     if momentum is not None:
         return float(momentum)
+    if _compiling():        # a tensor: no graph break on reading the counter
+        return torch.reciprocal(num_batches_tracked.to(torch.float64))
     return 1.0 / float(num_batches_tracked)
 
 
 def update_running_stats(running_mean: Optional[torch.Tensor],
                          running_var: Optional[torch.Tensor], mean: torch.Tensor,
-                         var: torch.Tensor, m: int, factor: float) -> None:
+                         var: torch.Tensor, m: int, factor) -> None:
     r"""The running-average update, in place: :math:`r \leftarrow r + f\,(b - r)`.
 
     ``running_mean`` moves towards the batch mean, ``running_var`` towards the
     *unbiased* batch variance :math:`\frac{m}{m-1}\sigma^2` (:math:`m > 1`). The
     arithmetic runs in the compute dtype of the statistics; the running
-    statistics keep their own dtype. Either may be None (not updated).
+    statistics keep their own dtype. Either may be None (not updated). ``factor``
+    is a float or a 0-d tensor (:func:`exponential_average_factor`).
     """
     for running, batch in ((running_mean, mean), (running_var, var * (m / (m - 1)))):
         if running is None:
             continue
+        if isinstance(factor, torch.Tensor):
+            factor = factor.to(batch.dtype)
         if running.dtype == batch.dtype:
             running.lerp_(batch, factor)
         else:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import _checks
 from .functional import BatchNormFunction
-from .kernels import exponential_average_factor
+from .kernels import exponential_average_factor, values_per_channel
 
 __all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -147,8 +147,8 @@ class BatchNormBase(nn.Module):
             v = getattr(self, name)
             _checks.check_channel_vector(name, None if v is None else tuple(v.shape),
                                          self.num_features)
-        if batch_statistics and whole_batch:
-            _checks.check_training_batch(tuple(input.shape), 1)
+        if batch_statistics and whole_batch and values_per_channel(input) == 1:
+            _checks.check_training_batch(tuple(input.shape), 1)        # raises
 
     def _count_batch(self):
         """Count a training batch; return the weight of its statistics in the running average.
