@@ -14,6 +14,7 @@ the layer's dtype, the input gradient the input's. See :mod:`bnkit.torch.kernels
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -133,6 +134,8 @@ class BatchNormBase(nn.Module):
         which needs other than exactly one value per channel -- in this input
         when ``whole_batch``, over every rank's input for :class:`SyncBatchNorm`.
         """
+        if self._looks_valid(input, batch_statistics and whole_batch):
+            return                  # the common case, in a few comparisons
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor (got {type(input).__name__})")
         if not input.is_floating_point():
@@ -149,6 +152,26 @@ class BatchNormBase(nn.Module):
                                          self.num_features)
         if batch_statistics and whole_batch and values_per_channel(input) == 1:
             _checks.check_training_batch(tuple(input.shape), 1)        # raises
+
+    def _looks_valid(self, input, whole_batch_statistics: bool) -> bool:
+        """True when every check of :meth:`_check_input` passes, tested the fast way.
+
+        False means "run the checks one by one" (which raise with the message).
+        """
+        c = self.num_features
+        eps, momentum = self.eps, self.momentum
+        if not (isinstance(input, torch.Tensor) and input.is_floating_point()
+                and type(eps) is float and 0.0 < eps < math.inf
+                and (momentum is None or type(momentum) is float and 0.0 <= momentum <= 1.0)):
+            return False
+        shape = input.shape
+        ranks = self._allowed_ranks
+        if (len(shape) < 2 if ranks is None else len(shape) not in ranks) or shape[1] != c:
+            return False
+        for v in (self.weight, self.bias, self.running_mean, self.running_var):
+            if v is not None and (v.dim() != 1 or v.shape[0] != c):
+                return False
+        return not (whole_batch_statistics and values_per_channel(input) == 1)
 
     def _count_batch(self):
         """Count a training batch; return the weight of its statistics in the running average.
