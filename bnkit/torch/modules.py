@@ -186,14 +186,15 @@ class BatchNormBase(nn.Module):
         return exponential_average_factor(self.momentum, self.num_batches_tracked)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        use_batch_stats = self.training or self.running_mean is None
-        update = self.training and self.track_running_stats
+        training = self.training
+        running_mean, running_var = self.running_mean, self.running_var
+        use_batch_stats = training or running_mean is None
+        update = training and self.track_running_stats
         self._check_input(input, use_batch_stats)
         factor = self._count_batch() if update else 0.0
-        tracked = update or not self.training
-        return BatchNormFunction.apply(input, self.weight, self.bias,
-                                       self.running_mean if tracked else None,
-                                       self.running_var if tracked else None,
+        if training and not update:         # batch statistics, nothing to track
+            running_mean = running_var = None
+        return BatchNormFunction.apply(input, self.weight, self.bias, running_mean, running_var,
                                        use_batch_stats, factor, float(self.eps))
 
     def extra_repr(self) -> str:
