@@ -64,6 +64,7 @@ import torch
 
 __all__ = [
     "BLOCK_BYTES",
+    "PARALLEL_BLOCK_BYTES",
     "HUGE_PAGE_BYTES",
     "reduce_dims",
     "per_channel",
@@ -85,6 +86,12 @@ __all__ = [
 
 #: Bytes of input per block on the CPU: small enough to stay in a core's L2 cache.
 BLOCK_BYTES = 1 << 19
+
+#: Bytes of input per block *and thread* when torch runs on several threads: each
+#: operation on a block is one parallel region, whose threads must all arrive before
+#: the next one starts; on a shared machine a region can wait a scheduler tick for a
+#: thread, so the blocks are fewer and larger (sized for the shared L3 cache, not L2).
+PARALLEL_BLOCK_BYTES = 1 << 22
 
 #: Outputs of at least this many bytes are allocated with a huge-page hint (Linux, CPU).
 #: ``None`` turns the hint off.
@@ -155,18 +162,18 @@ def _channels_innermost(x: torch.Tensor) -> bool:
 
 
 def row_blocks(x: torch.Tensor) -> List[slice]:
-    """Slices of dim 0 of about :data:`BLOCK_BYTES` per thread each on the CPU in eager mode.
+    """Slices of dim 0 of about :data:`BLOCK_BYTES` each on the CPU in eager mode.
 
     One slice (the whole tensor) on other devices and under :func:`torch.compile`.
-    With :math:`T` threads a block holds :math:`T` times as many bytes: each
-    operation on it splits it between the threads, each of which then works
-    on its own cache-sized part, and the number of (synchronizing) parallel
-    operations does not grow with :math:`T`.
+    With :math:`T > 1` threads a block holds :math:`T` times
+    :data:`PARALLEL_BLOCK_BYTES`: each operation on it splits it between the
+    threads, and there are few such (synchronizing) operations per pass.
     """
     n = x.shape[0]
     if n == 0 or x.device.type != "cpu" or _compiling():
         return [slice(None)]
-    block = BLOCK_BYTES * torch.get_num_threads()
+    threads = torch.get_num_threads()
+    block = BLOCK_BYTES if threads == 1 else PARALLEL_BLOCK_BYTES * threads
     step = max(1, block * n // max(1, x.numel() * x.element_size()))
     if step >= n:
         return [slice(None)]
