@@ -20,7 +20,7 @@ and the backward pass (training mode, :math:`g = \partial L/\partial y`):
         \Big(g - \frac{1}{m}\sum g - \frac{\hat x}{m} \sum g \hat x\Big).
 
 The formulas themselves live in :mod:`bnkit.torch.kernels` (shared with
-:class:`~bnkit.torch.SyncBatchNorm`); this module is the autograd node and
+:class:`~bnkit.torch.sync.SyncBatchNorm`); this module is the autograd node and
 the argument checks.
 
 Dtypes (as torch's CPU kernel): the statistics are accumulated in at least

@@ -1,7 +1,7 @@
 r"""The formulas of batch normalization in torch, written once.
 
 Every layer -- :class:`~bnkit.torch.BatchNorm2d` and its siblings through
-:func:`~bnkit.torch.batch_norm`, and :class:`~bnkit.torch.SyncBatchNorm` -- calls
+:func:`~bnkit.torch.batch_norm`, and :class:`~bnkit.torch.sync.SyncBatchNorm` -- calls
 these functions for its math: the batch statistics, the normalize step, the
 running-average update (``momentum=None`` included) and the input gradient.
 They take tensors whose dim 1 holds the :math:`C` channels, never call torch's
@@ -25,9 +25,7 @@ and, with :math:`g = \partial L/\partial y` and the statistics of the batch,
     c_x = -\frac{s}{\sqrt{\sigma^2+\varepsilon}}\,\frac{\sum g\,\hat x}{m}, \quad
     c_0 = -\frac{s}{m}\sum g - c_x\,\mu .
 
-Dtypes
-------
-*Computed in* :func:`compute_dtype`: float32 for float16 and bfloat16 inputs,
+**Dtypes.** The math is computed in :func:`compute_dtype`: float32 for float16 and bfloat16 inputs,
 the input's own dtype for float32 and float64. The sums behind the statistics
 and the gradient sums are accumulated in that dtype at least (on the CPU, the
 partial sums of cache-sized blocks are added in float64), so a float16 input
@@ -36,7 +34,7 @@ whose sum of squares exceeds 65504 does not overflow. Per-channel results
 tensors of the input's shape (output, input gradient) in the input's dtype,
 rounded once from the compute dtype.
 
-Speed (Chapter 9). A tensor that fits in a core's cache (:data:`BLOCK_BYTES`)
+**Speed** (Chapter 9). A tensor that fits in a core's cache (:data:`BLOCK_BYTES`)
 costs per operation, not per byte: it takes the *small* path, which keeps
 :math:`\hat x` for the backward instead of :math:`x` (:func:`saves_xhat`), so that
 forward and backward each run about half as many operations. On a larger one
@@ -84,10 +82,10 @@ __all__ = [
     "scaled",
 ]
 
-#: Bytes of input per block on the CPU: small enough to stay in a core's L2 cache.
+#: Bytes of input per block on the CPU, small enough to stay in a core's L2 cache.
 BLOCK_BYTES = 1 << 19
 
-#: Bytes of input per block *and thread* when torch runs on several threads: each
+#: Bytes of input per block *and thread* when torch runs on several threads. Each
 #: operation on a block is one parallel region, whose threads must all arrive before
 #: the next one starts; on a shared machine a region can wait a scheduler tick for a
 #: thread, so the blocks are fewer and larger (sized for the shared L3 cache, not L2).
@@ -434,7 +432,7 @@ def input_gradient(g: torch.Tensor, x: torch.Tensor, mean: Optional[torch.Tensor
     components along a per-channel shift (:math:`\sum g`) and scale
     (:math:`\sum g\,\hat x`) of :math:`x`. ``sum_g`` and ``sum_g_xhat`` are the
     sums over the whole batch of :math:`m` values per channel (for
-    :class:`~bnkit.torch.SyncBatchNorm`, over every rank). Block by block, so
+    :class:`~bnkit.torch.sync.SyncBatchNorm`, over every rank). Block by block, so
     that ``g`` and ``x`` are read from memory once and the result written once.
 
     With ``mean=None``, ``x`` is :math:`\hat x` (the small path):
