@@ -512,10 +512,11 @@ def test_convert_sync_batchnorm_replaces_every_batchnorm_and_keeps_state(rng):
     assert net.state_dict().keys() == before.keys()
     for k, v in before.items():
         assert torch.equal(net.state_dict()[k], v)
-    # Without a process group the converted network computes exactly what it did.
-    torch.testing.assert_close(net(x), ref(x), rtol=0, atol=0)
+    # Without a process group the converted network computes what it did (torch's
+    # BatchNorm2d became bnkit's: equal to round-off).
+    torch.testing.assert_close(net(x), ref(x), **TOL64)
     for a, b in zip(net.state_dict().values(), ref.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, **TOL64)
 
 
 def test_convert_sync_batchnorm_on_a_single_layer_and_lazy_layers():

@@ -2,8 +2,11 @@
 
 :func:`batch_norm` mirrors :func:`torch.nn.functional.batch_norm`;
 :class:`BatchNorm1d`, :class:`BatchNorm2d`, :class:`BatchNorm3d` mirror
-``torch.nn.BatchNorm*d`` (same parameters, buffers and state-dict keys).
-Forward and backward are written out; torch's batch-norm kernels are never called.
+``torch.nn.BatchNorm*d`` of torch 2.13 (same constructor, parameters, buffers,
+state-dict keys and version, empty batches and mixed-precision dtypes);
+:class:`~bnkit.torch.sync.SyncBatchNorm` mirrors ``torch.nn.SyncBatchNorm``. Forward and backward
+are written out, once, in :mod:`bnkit.torch.kernels`; torch's batch-norm kernels
+are never called. The layers run under :func:`torch.compile` without graph breaks.
 """
 
 from .functional import BatchNormFunction, batch_norm, check_input

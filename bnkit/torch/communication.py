@@ -1,4 +1,4 @@
-r"""What :class:`~bnkit.torch.SyncBatchNorm` costs in communication: collectives and bytes.
+r"""What :class:`~bnkit.torch.sync.SyncBatchNorm` costs in communication: collectives and bytes.
 
 A training step of a model with :math:`L` synchronized layers runs, per layer,
 one all-gather in the forward pass (the statistics, the count and a status

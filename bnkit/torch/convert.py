@@ -1,7 +1,7 @@
 """Replace the batch-norm layers of a model by others, carrying their state over.
 
-The machinery behind :meth:`bnkit.torch.SyncBatchNorm.convert_sync_batchnorm`
-(and :func:`bnkit.torch.convert_sync_batchnorm`): walk the module tree, and for
+The machinery behind :meth:`bnkit.torch.sync.SyncBatchNorm.convert_sync_batchnorm`
+(and :func:`bnkit.torch.sync.convert_sync_batchnorm`): walk the module tree, and for
 every batch-norm layer build its replacement and hand it the old layer's
 parameters and buffers -- the same tensors, so an optimizer built earlier still
 updates them -- and its train/eval mode.

@@ -20,7 +20,7 @@ and the backward pass (training mode, :math:`g = \partial L/\partial y`):
         \Big(g - \frac{1}{m}\sum g - \frac{\hat x}{m} \sum g \hat x\Big).
 
 The formulas themselves live in :mod:`bnkit.torch.kernels` (shared with
-:class:`~bnkit.torch.SyncBatchNorm`); this module is the autograd node and
+:class:`~bnkit.torch.sync.SyncBatchNorm`); this module is the autograd node and
 the argument checks.
 
 Dtypes (as torch's CPU kernel): the statistics are accumulated in at least
@@ -39,12 +39,15 @@ import torch
 
 from .. import _checks
 from .kernels import (
+    affine,
     batch_statistics,
     compute_dtype,
     gradient_sums,
     input_gradient,
     normalize,
+    saves_xhat,
     scaled,
+    standardize,
     update_running_stats,
     values_per_channel,
 )
@@ -73,18 +76,24 @@ def check_input(input: torch.Tensor, running_mean=None, running_var=None, weight
                     ("weight", weight), ("bias", bias)):
         _checks.check_channel_vector(name, None if v is None else tuple(v.shape), c)
     if training:
-        _checks.check_training_batch(tuple(input.shape), 1)
+        if values_per_channel(input) == 1:
+            _checks.check_training_batch(tuple(input.shape), 1)    # raises
     elif running_mean is None or running_var is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var; "
                          "pass training=True to normalize with batch statistics")
 
 
 class BatchNormFunction(torch.autograd.Function):
-    """The autograd node: forward normalizes, backward applies the closed form.
+    r"""The autograd node: forward normalizes, backward applies the closed form.
 
-    Called through :func:`batch_norm` (which checks the arguments first).
-    Inputs: ``(input, weight, bias, running_mean, running_var, training,
-    momentum, eps)``; ``weight``/``bias`` may be ``None``.
+    Called through :func:`batch_norm` (which checks the arguments first) and
+    the modules (which check their own). Inputs: ``(input, weight, bias,
+    running_mean, running_var, training, momentum, eps)``; ``weight``/``bias``
+    may be ``None``; ``momentum`` is the weight of the batch in the running
+    average (a float, or a 0-d tensor under :func:`torch.compile`).
+
+    In training mode a small input keeps :math:`\hat x` for the backward pass,
+    a large one keeps the input (:func:`~bnkit.torch.kernels.saves_xhat`).
     """
 
     @staticmethod
@@ -92,18 +101,29 @@ class BatchNormFunction(torch.autograd.Function):
         ctx.training = training
         ctx.param_dtypes = (None if weight is None else weight.dtype,
                             None if bias is None else bias.dtype)
-        if training:
-            m = values_per_channel(input)
-            ctx.m = m
-            if m == 0:
-                # An empty batch (as torch): nothing to normalize, nothing to learn
-                # from; the running statistics stay as they are.
-                return torch.empty_like(input)
-            mean, var = batch_statistics(input)
-            update_running_stats(running_mean, running_var, mean, var, m, momentum)
-        else:
+        if not training:
             acc = compute_dtype(input.dtype)
             mean, var = running_mean.to(acc), running_var.to(acc)
+            invstd = torch.rsqrt(var + eps)
+            y, scale = normalize(input, mean, invstd, weight, bias)
+            ctx.save_for_backward(input, mean, invstd, scale)
+            return y
+        m = values_per_channel(input)
+        ctx.m = m
+        if m == 0:
+            # An empty batch (as torch): nothing to normalize, nothing to learn
+            # from; the running statistics stay as they are.
+            return torch.empty_like(input)
+        if saves_xhat(input):
+            mean, var, centered = batch_statistics(input, keep_centered=True)
+            update_running_stats(running_mean, running_var, mean, var, m, momentum)
+            invstd = (var + eps).rsqrt_()
+            xhat = standardize(input, mean, invstd, centered)
+            scale = invstd if weight is None else invstd * weight
+            ctx.save_for_backward(xhat, None, invstd, scale)
+            return affine(xhat, weight, bias, input.dtype)
+        mean, var = batch_statistics(input)
+        update_running_stats(running_mean, running_var, mean, var, m, momentum)
         invstd = torch.rsqrt(var + eps)
         y, scale = normalize(input, mean, invstd, weight, bias)
         ctx.save_for_backward(input, mean, invstd, scale)
@@ -114,21 +134,26 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         w_dtype, b_dtype = ctx.param_dtypes
-        c = grad_y.shape[1]
         if ctx.training and ctx.m == 0:     # as torch: an empty input gradient, zero sums
+            c = grad_y.shape[1]
             return (torch.empty_like(grad_y) if need_x else None,
                     grad_y.new_zeros(c, dtype=w_dtype) if need_w else None,
                     grad_y.new_zeros(c, dtype=b_dtype) if need_b else None,
                     None, None, None, None, None)
-        input, mean, invstd, scale = ctx.saved_tensors     # scale = gamma / sqrt(var + eps)
+        # x: the input, or xhat when mean is None; scale = gamma / sqrt(var + eps)
+        x, mean, invstd, scale = ctx.saved_tensors
         grad_x = sum_g = sum_g_xhat = None
         if ctx.training or need_w or need_b:
-            sum_g, sum_g_xhat = gradient_sums(grad_y, input, mean, invstd)
+            sum_g, sum_g_xhat = gradient_sums(grad_y, x, mean, invstd)
         if need_x:
-            grad_x = (input_gradient(grad_y, input, mean, invstd, scale, sum_g, sum_g_xhat,
-                                     ctx.m) if ctx.training else scaled(grad_y, scale))
-        return (grad_x, sum_g_xhat.to(w_dtype) if need_w else None,
-                sum_g.to(b_dtype) if need_b else None, None, None, None, None, None)
+            grad_x = (input_gradient(grad_y, x, mean, invstd, scale, sum_g, sum_g_xhat, ctx.m)
+                      if ctx.training else scaled(grad_y, scale))
+        return (grad_x, _as(sum_g_xhat, w_dtype) if need_w else None,
+                _as(sum_g, b_dtype) if need_b else None, None, None, None, None, None)
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def batch_norm(input: torch.Tensor, running_mean: Optional[torch.Tensor],

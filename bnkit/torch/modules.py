@@ -14,6 +14,7 @@ the layer's dtype, the input gradient the input's. See :mod:`bnkit.torch.kernels
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from .. import _checks
 from .functional import BatchNormFunction
-from .kernels import exponential_average_factor
+from .kernels import exponential_average_factor, values_per_channel
 
 __all__ = ["BatchNormBase", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
@@ -133,6 +134,8 @@ class BatchNormBase(nn.Module):
         which needs other than exactly one value per channel -- in this input
         when ``whole_batch``, over every rank's input for :class:`SyncBatchNorm`.
         """
+        if self._looks_valid(input, batch_statistics and whole_batch):
+            return                  # the common case, in a few comparisons
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor (got {type(input).__name__})")
         if not input.is_floating_point():
@@ -147,8 +150,28 @@ class BatchNormBase(nn.Module):
             v = getattr(self, name)
             _checks.check_channel_vector(name, None if v is None else tuple(v.shape),
                                          self.num_features)
-        if batch_statistics and whole_batch:
-            _checks.check_training_batch(tuple(input.shape), 1)
+        if batch_statistics and whole_batch and values_per_channel(input) == 1:
+            _checks.check_training_batch(tuple(input.shape), 1)        # raises
+
+    def _looks_valid(self, input, whole_batch_statistics: bool) -> bool:
+        """True when every check of :meth:`_check_input` passes, tested the fast way.
+
+        False means "run the checks one by one" (which raise with the message).
+        """
+        c = self.num_features
+        eps, momentum = self.eps, self.momentum
+        if not (isinstance(input, torch.Tensor) and input.is_floating_point()
+                and type(eps) is float and 0.0 < eps < math.inf
+                and (momentum is None or type(momentum) is float and 0.0 <= momentum <= 1.0)):
+            return False
+        shape = input.shape
+        ranks = self._allowed_ranks
+        if (len(shape) < 2 if ranks is None else len(shape) not in ranks) or shape[1] != c:
+            return False
+        for v in (self.weight, self.bias, self.running_mean, self.running_var):
+            if v is not None and (v.dim() != 1 or v.shape[0] != c):
+                return False
+        return not (whole_batch_statistics and values_per_channel(input) == 1)
 
     def _count_batch(self):
         """Count a training batch; return the weight of its statistics in the running average.
@@ -163,14 +186,15 @@ class BatchNormBase(nn.Module):
         return exponential_average_factor(self.momentum, self.num_batches_tracked)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        use_batch_stats = self.training or self.running_mean is None
-        update = self.training and self.track_running_stats
+        training = self.training
+        running_mean, running_var = self.running_mean, self.running_var
+        use_batch_stats = training or running_mean is None
+        update = training and self.track_running_stats
         self._check_input(input, use_batch_stats)
         factor = self._count_batch() if update else 0.0
-        tracked = update or not self.training
-        return BatchNormFunction.apply(input, self.weight, self.bias,
-                                       self.running_mean if tracked else None,
-                                       self.running_var if tracked else None,
+        if training and not update:         # batch statistics, nothing to track
+            running_mean = running_var = None
+        return BatchNormFunction.apply(input, self.weight, self.bias, running_mean, running_var,
                                        use_batch_stats, factor, float(self.eps))
 
     def extra_repr(self) -> str:
