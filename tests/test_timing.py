@@ -4,14 +4,11 @@ No assertion depends on how long anything takes on this machine: every timer tak
 ``clock``, and the fake clocks below advance by set amounts, so best times, repeat
 counts and bandwidths have exact expected values."""
 
-import ast
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import bnkit
 from bnkit import roofline, timing
 
 
@@ -182,72 +179,3 @@ def test_stream_passes_refuse_bad_sizes_and_dtypes():
         timing.stream_passes([(1, 0)], 4, dtype="float64")
     with pytest.raises(TypeError, match="float"):
         timing.stream_passes([(1, 0)], 4096, dtype="int32")
-
-
-# -- the layers of bnkit's timing code: imports point one way, deferred ones included ----------
-
-PACKAGE = Path(bnkit.__file__).parent
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _bnkit_imports(path: Path, modules) -> set:
-    """Every bnkit module ``path`` imports, anywhere in the file (inside functions too)."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == "bnkit")
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[:len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            if target.split(".")[0] != "bnkit":
-                continue
-            for a in node.names:                 # `from . import roofline` names a module
-                sub = f"{target}.{a.name}"
-                found.add(sub if sub in modules else target)
-    return found
-
-
-def _import_graph() -> dict:
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {m: {t for t in _bnkit_imports(p, modules) if t in modules and t != m}
-            for m, p in modules.items()}
-
-
-def _reachable(graph, start):
-    seen, todo = set(), [start]
-    while todo:
-        for nxt in graph[todo.pop()]:
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return seen
-
-
-def test_the_import_walk_sees_deferred_imports():
-    # benchmarking imports bnkit.torch inside a function; the walk must see it
-    graph = _import_graph()
-    assert "bnkit.torch" in graph["bnkit.benchmarking"]
-    assert {"bnkit.roofline", "bnkit.timing"} <= graph["bnkit.benchmarking"]
-
-
-@pytest.mark.parametrize("module", ["bnkit.timing", "bnkit.roofline", "bnkit.benchmarking",
-                                    "bnkit.fusion", "bnkit.step_profile"])
-def test_no_import_cycle_passes_through_the_timing_modules(module):
-    graph = _import_graph()
-    assert module not in _reachable(graph, module), f"{module} imports itself through a cycle"
-
-
-def test_timing_sits_below_roofline_and_benchmarking():
-    graph = _import_graph()
-    assert graph["bnkit.timing"] == set()              # no bnkit import at all
-    assert "bnkit.benchmarking" not in _reachable(graph, "bnkit.roofline")

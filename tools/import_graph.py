@@ -9,6 +9,11 @@ functional`` depends on ``bnkit.torch.functional`` when that is a module, ``from
 bnkit.torch import BatchNorm2d`` on the package ``bnkit.torch`` (its ``__init__``). The
 parent packages that Python initialises on the way are not edges: every module would
 otherwise be in a circle with its package's ``__init__``.
+
+The same reading answers the other questions that ``tests/test_imports.py`` asks of bnkit:
+which private names cross a module boundary (:func:`private_imports`), what each module
+declares in ``__all__`` (:func:`declared_all`, :func:`undeclared_exports`), and what a
+module reaches through its imports (:func:`reachable`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-__all__ = ["module_files", "imported_modules", "import_graph", "cycles", "describe",
+__all__ = ["module_files", "imported_modules", "import_graph", "cycles", "describe", "reachable",
+           "is_private", "private_imports", "declared_all", "undeclared_exports",
            "package_exports", "used_modules"]
 
 
@@ -137,6 +143,160 @@ def describe(graph: dict[str, set[str]], group: list[str]) -> str:
     members = set(group)
     return "\n".join(f"    {module} imports {', '.join(sorted(graph[module] & members))}"
                      for module in group)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """The modules that ``start`` imports, directly or through others (``start`` only if in a cycle)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+# --------------------------------------------------------------------------- private names
+
+
+def is_private(name: str) -> bool:
+    """``_name`` is private; ``__name__``-style dunders (``__all__``, ``__version__``) are not."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_steps(dotted: str, known: set[str]):
+    """(holder, name) for each private step of a dotted path inside the package.
+
+    ``pkg._impl.f`` -> (``pkg``, ``_impl``): the module ``_impl`` is a private name of ``pkg``.
+    Only the part of the path that lies inside the package counts.
+    """
+    parts = dotted.split(".")
+    for end in range(1, len(parts)):
+        holder = ".".join(parts[:end])
+        if holder in known and is_private(parts[end]):
+            yield holder, parts[end]
+
+
+def _module_aliases(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> dict[str, str]:
+    """Local name -> module of ``known`` it is bound to by an import in ``tree``."""
+    aliases: dict[str, str] = {}
+    for node, alias, target in _import_targets(tree, module, is_package, known):
+        if alias is None:
+            continue
+        if isinstance(node, ast.Import):
+            if alias.asname:
+                aliases[alias.asname] = target
+            elif alias.name.split(".")[0] in known:  # `import pkg.sub` binds `pkg`
+                aliases[alias.name.split(".")[0]] = alias.name.split(".")[0]
+        else:
+            base = (_resolve_relative(module, is_package, node.level, node.module)
+                    if node.level else node.module or "")
+            if f"{base}.{alias.name}" in known:  # `from pkg import sub as s` binds a module
+                aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
+    return aliases
+
+
+def _taken_names(tree: ast.AST, module: str, is_package: bool, known: set[str]):
+    """(holder module, name) for every name that ``tree`` takes from a module of ``known``.
+
+    A name is taken by ``from holder import name``, by each step of an imported dotted path
+    (``import pkg.sub`` takes ``sub`` from ``pkg``), by ``importlib.import_module`` of a
+    literal path, and by an attribute read on a name bound to a module (``F._helper``
+    after ``from pkg.sub import functional as F``).
+    """
+    for node, alias, _ in _import_targets(tree, module, is_package, known):
+        if isinstance(node, ast.Import):
+            yield from _private_steps(alias.name, known)
+        elif isinstance(node, ast.ImportFrom):
+            base = (_resolve_relative(module, is_package, node.level, node.module)
+                    if node.level else node.module or "")
+            yield from _private_steps(f"{base}.{alias.name}", known)
+        else:  # importlib.import_module("pkg._impl")
+            yield from _private_steps(node.args[0].value, known)
+    aliases = _module_aliases(tree, module, is_package, known)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and is_private(node.attr):
+            dotted = ast.unparse(node.value)
+            holder = aliases.get(dotted)
+            if holder is None and dotted.split(".")[0] in aliases and dotted in known \
+                    and aliases[dotted.split(".")[0]] == dotted.split(".")[0]:
+                holder = dotted  # pkg.sub._x after `import pkg.sub`
+            if holder is not None:
+                yield holder, node.attr
+
+
+def private_imports(package_dir: Path) -> list[tuple[str, str, str]]:
+    """``(module, holder, name)`` for every private ``_name`` a module takes from another module.
+
+    ``holder`` is the module (or package) whose namespace holds ``name``: a function, class
+    or constant defined there, or a private submodule of a package (``bnkit._checks`` is the
+    name ``_checks`` of ``bnkit``). A private name belongs to its holder alone: any other
+    module of the package that takes it is listed -- a sibling in the same package, a module
+    of another subpackage, the package's own ``__init__``, or a module taking its package's
+    private helpers. Only code inside the private thing itself may use its name (the
+    modules of a private subpackage ``pkg._impl`` may import each other).
+    """
+    files = module_files(package_dir)
+    known = set(files)
+    found = set()
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf8"))
+        for holder, private in _taken_names(tree, name, path.name == "__init__.py", known):
+            owner = f"{holder}.{private}"
+            if name != holder and name != owner and not name.startswith(owner + "."):
+                found.add((name, holder, private))
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- __all__
+
+
+def declared_all(source: str) -> list[str] | None:
+    """The names of the module-level ``__all__ = [...]`` (or a tuple) of string literals.
+
+    None when the module has no such assignment: no ``__all__``, or one that is computed
+    or extended (``__all__ += ...``), which a reader cannot see at a glance.
+    """
+    declared = None
+    for node in ast.parse(source).body:
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+        if not any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            continue
+        value = node.value
+        if (isinstance(node, ast.AugAssign) or not isinstance(value, (ast.List, ast.Tuple))
+                or not all(isinstance(e, ast.Constant) and isinstance(e.value, str)
+                           for e in value.elts)):
+            return None
+        declared = [e.value for e in value.elts]
+    return declared
+
+
+def _module_level_names(body: list[ast.stmt]) -> set[str]:
+    """The names that module-level code binds (descending into ``if``/``try``/``with``, not defs)."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            for field in ("body", "orelse", "finalbody"):
+                names |= _module_level_names(getattr(node, field, []))
+            for handler in getattr(node, "handlers", []):
+                names |= _module_level_names(handler.body)
+    return names
+
+
+def undeclared_exports(source: str) -> list[str]:
+    """The names in ``__all__`` that the module never binds at module level."""
+    declared = declared_all(source) or []
+    bound = _module_level_names(ast.parse(source).body)
+    return [name for name in declared if name not in bound]
 
 
 # --------------------------------------------------------------------------- what code uses
