@@ -37,7 +37,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .. import _checks
+from .. import validation
 from ..conventions import update_moving_stats
 
 __all__ = [
@@ -156,7 +156,7 @@ def _per_channel(v, num_channels: int, dtype) -> np.ndarray:
 
 def _check_vectors(num_channels: int, **vectors) -> None:
     for name, v in vectors.items():
-        _checks.check_channel_vector(name, None if v is None else np.shape(v), num_channels)
+        validation.check_channel_vector(name, None if v is None else np.shape(v), num_channels)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -186,8 +186,8 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
         empty batch (no values, no statistics).
     """
     x = _as_float_array(x)
-    _checks.check_input_rank(x.ndim)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    validation.check_input_rank(x.ndim)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     mean, var = _statistics(_channel_view(x, axis)[0])
     return mean.astype(x.dtype), var.astype(x.dtype)
 
@@ -247,9 +247,9 @@ def normalize(x, mean, var, weight=None, bias=None, eps: float = 1e-5,
     y : ndarray, same shape and dtype as ``x``
     """
     x = _as_float_array(x)
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
     _check_vectors(c, mean=mean, var=var, weight=weight, bias=bias)
     return _normalize(x, axis, np.asarray(mean, np.float64), np.asarray(var, np.float64),
@@ -372,15 +372,15 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
            [ 1.,  1.]])
     """
     x = _as_float_array(x)
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
-    _checks.check_momentum(momentum)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
+    validation.check_momentum(momentum)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
     _check_vectors(c, running_mean=running_mean, running_var=running_var,
                    weight=weight, bias=bias)
     if training:
-        _checks.check_training_batch(x.shape, axis)
+        validation.check_training_batch(x.shape, axis)
         y, mean, var = _batch_norm_training(x, axis, weight, bias, eps)
         update_running_stats(running_mean, running_var, mean, var,
                              _values_per_channel(x.shape, axis), momentum)
@@ -421,11 +421,11 @@ def batch_norm_training(x, weight=None, bias=None, eps: float = 1e-5, channel_ax
         As :func:`batch_norm` in training mode.
     """
     x = _as_float_array(x)
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     _check_vectors(x.shape[axis], weight=weight, bias=bias)
-    _checks.check_training_batch(x.shape, axis)
+    validation.check_training_batch(x.shape, axis)
     return _batch_norm_training(x, axis, weight, bias, eps)
 
 
@@ -483,14 +483,14 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
     """
     x = _as_float_array(x)
     grad_y = _as_float_array(grad_y, "grad_y")
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y has shape {grad_y.shape} but x has shape {x.shape}")
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
     _check_vectors(c, weight=weight)
-    _checks.check_training_batch(x.shape, axis)
+    validation.check_training_batch(x.shape, axis)
     if x.size == 0:          # an empty batch: an empty gradient, sums over nothing are 0
         return np.empty_like(x), np.zeros(c, _grad_dtype(x, weight)), np.zeros(
             c, _grad_dtype(x, weight))
@@ -554,9 +554,9 @@ def batch_norm_eval_backward(grad_y, x, running_mean, running_var, weight=None,
     grad_y = _as_float_array(grad_y, "grad_y")
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y has shape {grad_y.shape} but x has shape {x.shape}")
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
     _check_vectors(c, running_mean=running_mean, running_var=running_var, weight=weight)
     x3, order = _channel_view(x, axis)

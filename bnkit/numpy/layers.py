@@ -7,7 +7,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .. import _checks
+from .. import validation
 from .. import conventions as _conventions
 from . import functional as F
 
@@ -88,9 +88,9 @@ class BatchNorm:
                  affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
                  dtype=np.float64, momentum_convention: str = "torch",
                  unbiased_running_var: Optional[bool] = None, *, bias: bool = True):
-        _checks.check_positive_int("num_features", num_features)
-        _checks.check_eps(eps)
-        _checks.check_momentum(momentum, allow_none=True)
+        validation.check_positive_int("num_features", num_features)
+        validation.check_eps(eps)
+        validation.check_momentum(momentum, allow_none=True)
         if momentum_convention not in _conventions.CONVENTIONS:
             raise ValueError(f"momentum_convention must be one of {_conventions.CONVENTIONS} "
                              f"(got {momentum_convention!r})")
@@ -160,10 +160,10 @@ class BatchNorm:
         size are checked by the function :meth:`forward` calls, before it
         computes anything; nothing changes before both have passed.
         """
-        _checks.check_input_rank(x.ndim)
-        axis = _checks.normalize_channel_axis(self.channel_axis, x.ndim)
-        _checks.check_channel_vector("input channels", (x.shape[axis],), self.num_features)
-        _checks.check_momentum(self.momentum, allow_none=True)
+        validation.check_input_rank(x.ndim)
+        axis = validation.normalize_channel_axis(self.channel_axis, x.ndim)
+        validation.check_channel_vector("input channels", (x.shape[axis],), self.num_features)
+        validation.check_momentum(self.momentum, allow_none=True)
         F._check_vectors(x.shape[axis], running_mean=self.running_mean,
                          running_var=self.running_var)
         return axis
