@@ -54,8 +54,7 @@ import numpy as np
 
 from .. import validation
 from ..validation import ShapeLike
-from .functional import _as_float_array
-from .layers import _to_numpy
+from .arrays import as_float_array, to_numpy
 
 __all__ = [
     "layer_norm",
@@ -71,7 +70,7 @@ __all__ = [
 # The checks on shapes are bnkit.validation's, shared with bnkit.torch.norms, so both
 # raise the same errors; these two take NumPy arrays.
 def _check_grad(grad_y, x) -> np.ndarray:
-    grad_y = _as_float_array(grad_y, "grad_y")
+    grad_y = as_float_array(grad_y, "grad_y")
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y has shape {grad_y.shape} but x has shape {x.shape}")
     return grad_y
@@ -151,7 +150,7 @@ def layer_norm(x, normalized_shape: ShapeLike, weight=None, bias=None,
     array([[-1.,  1.],
            [-1.,  1.]])
     """
-    x = _as_float_array(x)
+    x = as_float_array(x)
     shape = validation.check_layer_norm(x.shape, normalized_shape, _shape_of(weight),
                                         _shape_of(bias), eps)
     m = math.prod(shape)
@@ -199,7 +198,7 @@ def layer_norm_backward(grad_y, x, normalized_shape: ShapeLike, weight=None,
     grad_weight, grad_bias : ndarray of shape (D_1, ..., D_k), dtype of ``x``
         Returned even when ``weight`` is ``None``.
     """
-    x = _as_float_array(x)
+    x = as_float_array(x)
     grad_y = _check_grad(grad_y, x)
     shape = validation.check_layer_norm(x.shape, normalized_shape, _shape_of(weight), None, eps)
     m = math.prod(shape)
@@ -274,7 +273,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
     >>> bnp.group_norm(x, 2, eps=1e-12).round(6)      # groups {0, 1} and {2, 3}
     array([[-1.,  1., -1.,  1.]])
     """
-    x = _as_float_array(x)
+    x = as_float_array(x)
     validation.check_group_norm(x.shape, num_groups, _shape_of(weight), _shape_of(bias), eps)
     c = x.shape[1]
     x3 = _group_view(x)
@@ -320,7 +319,7 @@ def group_norm_backward(grad_y, x, num_groups: int, weight=None, eps: float = 1e
     grad_weight, grad_bias : ndarray of shape (C,), dtype of ``x``
         Returned even when ``weight`` is ``None``.
     """
-    x = _as_float_array(x)
+    x = as_float_array(x)
     grad_y = _check_grad(grad_y, x)
     validation.check_group_norm(x.shape, num_groups, _shape_of(weight), None, eps)
     c = x.shape[1]
@@ -368,7 +367,7 @@ class _PerExampleNorm:
 
     def forward(self, x) -> np.ndarray:
         """Normalize ``x``; see the class docstring for the axes."""
-        x = _as_float_array(x)
+        x = as_float_array(x)
         y = self._forward(x)
         self._cache = x
         return y
@@ -408,7 +407,7 @@ class _PerExampleNorm:
         if got != expected:
             raise KeyError(f"state dict keys do not match: missing {sorted(expected - got)}, "
                            f"unexpected {sorted(got - expected)}")
-        arrays = {k: np.array(_to_numpy(v), copy=True) for k, v in state_dict.items()}
+        arrays = {k: np.array(to_numpy(v), copy=True) for k, v in state_dict.items()}
         for k, v in arrays.items():
             if v.shape != self._param_shape:
                 raise ValueError(f"{k} has shape {v.shape}, expected {self._param_shape}")
