@@ -1,7 +1,7 @@
 """The array arguments of bnkit.numpy: converted and checked in one place.
 
-:mod:`bnkit.numpy.functional`, :mod:`bnkit.numpy.layers` and
-:mod:`bnkit.numpy.norms` take array-likes (NumPy arrays, lists, torch tensors
+The functions and layers of :mod:`bnkit.numpy` (its modules ``functional``,
+``layers`` and ``norms``) take array-likes (NumPy arrays, lists, torch tensors
 in a state dict); these helpers turn them into NumPy arrays and check them with
 the pure-Python checks of :mod:`bnkit.validation`, so every function raises
 the same error for the same bad argument. They are helpers of the
