@@ -30,7 +30,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from . import _checks
+from . import validation
 
 __all__ = [
     "CONVENTIONS",
@@ -81,7 +81,7 @@ def keras_momentum_to_torch(momentum: float) -> float:
     >>> round(keras_momentum_to_torch(0.99), 12)
     0.01
     """
-    _checks.check_momentum(momentum)
+    validation.check_momentum(momentum)
     return 1.0 - momentum
 
 
@@ -96,7 +96,7 @@ def torch_momentum_to_keras(momentum: float) -> float:
     >>> torch_momentum_to_keras(0.1)
     0.9
     """
-    _checks.check_momentum(momentum)
+    validation.check_momentum(momentum)
     return 1.0 - momentum
 
 
@@ -106,7 +106,7 @@ def new_batch_weight(momentum: float, convention: str = "torch") -> float:
     ``momentum`` itself in PyTorch's convention, ``1 - momentum`` in Keras'.
     """
     _check_convention(convention)
-    _checks.check_momentum(momentum)
+    validation.check_momentum(momentum)
     return momentum if convention == "torch" else 1.0 - momentum
 
 
@@ -174,7 +174,7 @@ def update_moving_stats(running_mean, running_var, mean, var, m: int, momentum: 
     (array([0.02]), array([1.03]))
     """
     _check_convention(convention)
-    _checks.check_momentum(momentum)
+    validation.check_momentum(momentum)
     if unbiased is None:
         unbiased = stores_unbiased_variance(convention)
     if m == 0:               # an empty batch has no statistics: nothing to average in (torch)

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _checks
+from . import validation
 
 __all__ = ["StagedCache", "staged_forward", "staged_backward"]
 
@@ -93,12 +93,12 @@ def staged_forward(x, weight=None, bias=None, eps: float = 1e-5):
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"x must be a floating-point array (got dtype {x.dtype})")
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
     c = x.shape[1]
     for name, v in (("weight", weight), ("bias", bias)):
-        _checks.check_channel_vector(name, None if v is None else np.shape(v), c)
-    _checks.check_training_batch(x.shape, 1)
+        validation.check_channel_vector(name, None if v is None else np.shape(v), c)
+    validation.check_training_batch(x.shape, 1)
     if x.size == 0:
         # the staged graph starts from the batch mean, which an empty batch does not have
         raise ValueError(f"staged_forward needs a non-empty batch (got input size {x.shape}); "

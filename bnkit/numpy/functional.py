@@ -37,7 +37,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .. import _checks
+from .. import validation
+from .arrays import as_float_array, check_channel_vectors
 from ..conventions import update_moving_stats
 
 __all__ = [
@@ -55,13 +56,6 @@ _BLOCK_BYTES = 1 << 19
 
 
 # ----------------------------------------------------------------------------- helpers
-def _as_float_array(x, name: str = "x") -> np.ndarray:
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name} must be a floating-point array (got dtype {x.dtype})")
-    return x
-
-
 def _compute_dtype(dtype) -> np.dtype:
     """The dtype a block is computed in: the input's, but at least float32 (float16 -> float32).
 
@@ -154,11 +148,6 @@ def _per_channel(v, num_channels: int, dtype) -> np.ndarray:
     return np.asarray(v, dtype=dtype).reshape(1, num_channels, 1)
 
 
-def _check_vectors(num_channels: int, **vectors) -> None:
-    for name, v in vectors.items():
-        _checks.check_channel_vector(name, None if v is None else np.shape(v), num_channels)
-
-
 # ----------------------------------------------------------------------------- forward
 def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     r"""Per-channel batch mean and *biased* variance.
@@ -185,9 +174,9 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
         Batch mean and biased batch variance of every channel; NaN for an
         empty batch (no values, no statistics).
     """
-    x = _as_float_array(x)
-    _checks.check_input_rank(x.ndim)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    x = as_float_array(x)
+    validation.check_input_rank(x.ndim)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     mean, var = _statistics(_channel_view(x, axis)[0])
     return mean.astype(x.dtype), var.astype(x.dtype)
 
@@ -246,12 +235,12 @@ def normalize(x, mean, var, weight=None, bias=None, eps: float = 1e-5,
     -------
     y : ndarray, same shape and dtype as ``x``
     """
-    x = _as_float_array(x)
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    x = as_float_array(x)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
-    _check_vectors(c, mean=mean, var=var, weight=weight, bias=bias)
+    check_channel_vectors(c, mean=mean, var=var, weight=weight, bias=bias)
     return _normalize(x, axis, np.asarray(mean, np.float64), np.asarray(var, np.float64),
                       weight, bias, eps)
 
@@ -371,16 +360,16 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    x = _as_float_array(x)
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
-    _checks.check_momentum(momentum)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    x = as_float_array(x)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
+    validation.check_momentum(momentum)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
-    _check_vectors(c, running_mean=running_mean, running_var=running_var,
-                   weight=weight, bias=bias)
+    check_channel_vectors(c, running_mean=running_mean, running_var=running_var,
+                          weight=weight, bias=bias)
     if training:
-        _checks.check_training_batch(x.shape, axis)
+        validation.check_training_batch(x.shape, axis)
         y, mean, var = _batch_norm_training(x, axis, weight, bias, eps)
         update_running_stats(running_mean, running_var, mean, var,
                              _values_per_channel(x.shape, axis), momentum)
@@ -420,12 +409,12 @@ def batch_norm_training(x, weight=None, bias=None, eps: float = 1e-5, channel_ax
     TypeError, ValueError
         As :func:`batch_norm` in training mode.
     """
-    x = _as_float_array(x)
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
-    _check_vectors(x.shape[axis], weight=weight, bias=bias)
-    _checks.check_training_batch(x.shape, axis)
+    x = as_float_array(x)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
+    check_channel_vectors(x.shape[axis], weight=weight, bias=bias)
+    validation.check_training_batch(x.shape, axis)
     return _batch_norm_training(x, axis, weight, bias, eps)
 
 
@@ -481,16 +470,16 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
         gradients of a weight of ones and a bias of zeros would be. Zeros for
         an empty batch, as in PyTorch.
     """
-    x = _as_float_array(x)
-    grad_y = _as_float_array(grad_y, "grad_y")
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
+    x = as_float_array(x)
+    grad_y = as_float_array(grad_y, "grad_y")
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y has shape {grad_y.shape} but x has shape {x.shape}")
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
-    _check_vectors(c, weight=weight)
-    _checks.check_training_batch(x.shape, axis)
+    check_channel_vectors(c, weight=weight)
+    validation.check_training_batch(x.shape, axis)
     if x.size == 0:          # an empty batch: an empty gradient, sums over nothing are 0
         return np.empty_like(x), np.zeros(c, _grad_dtype(x, weight)), np.zeros(
             c, _grad_dtype(x, weight))
@@ -550,15 +539,15 @@ def batch_norm_eval_backward(grad_y, x, running_mean, running_var, weight=None,
     -------
     grad_x, grad_weight, grad_bias : as in :func:`batch_norm_backward`
     """
-    x = _as_float_array(x)
-    grad_y = _as_float_array(grad_y, "grad_y")
+    x = as_float_array(x)
+    grad_y = as_float_array(grad_y, "grad_y")
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y has shape {grad_y.shape} but x has shape {x.shape}")
-    _checks.check_input_rank(x.ndim)
-    _checks.check_eps(eps)
-    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    validation.check_input_rank(x.ndim)
+    validation.check_eps(eps)
+    axis = validation.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
-    _check_vectors(c, running_mean=running_mean, running_var=running_var, weight=weight)
+    check_channel_vectors(c, running_mean=running_mean, running_var=running_var, weight=weight)
     x3, order = _channel_view(x, axis)
     g3, _ = _channel_view(grad_y.astype(x.dtype, copy=False), axis, order)
     invstd = 1.0 / np.sqrt(np.asarray(running_var, np.float64) + eps)

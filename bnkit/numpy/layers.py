@@ -7,9 +7,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .. import _checks
+from .. import validation
 from .. import conventions as _conventions
 from . import functional as F
+from .arrays import as_float_array, check_channel_vectors, to_numpy
 
 __all__ = ["BatchNorm"]
 
@@ -88,9 +89,9 @@ class BatchNorm:
                  affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
                  dtype=np.float64, momentum_convention: str = "torch",
                  unbiased_running_var: Optional[bool] = None, *, bias: bool = True):
-        _checks.check_positive_int("num_features", num_features)
-        _checks.check_eps(eps)
-        _checks.check_momentum(momentum, allow_none=True)
+        validation.check_positive_int("num_features", num_features)
+        validation.check_eps(eps)
+        validation.check_momentum(momentum, allow_none=True)
         if momentum_convention not in _conventions.CONVENTIONS:
             raise ValueError(f"momentum_convention must be one of {_conventions.CONVENTIONS} "
                              f"(got {momentum_convention!r})")
@@ -138,7 +139,7 @@ class BatchNorm:
         Every argument is checked before anything changes: a call that raises
         leaves the running statistics and ``num_batches_tracked`` as they were.
         """
-        x = F._as_float_array(x)
+        x = as_float_array(x)
         axis = self._check_call(x)          # the functions check the rest before computing
         batch_stats = self._uses_batch_stats
         if batch_stats:
@@ -160,12 +161,12 @@ class BatchNorm:
         size are checked by the function :meth:`forward` calls, before it
         computes anything; nothing changes before both have passed.
         """
-        _checks.check_input_rank(x.ndim)
-        axis = _checks.normalize_channel_axis(self.channel_axis, x.ndim)
-        _checks.check_channel_vector("input channels", (x.shape[axis],), self.num_features)
-        _checks.check_momentum(self.momentum, allow_none=True)
-        F._check_vectors(x.shape[axis], running_mean=self.running_mean,
-                         running_var=self.running_var)
+        validation.check_input_rank(x.ndim)
+        axis = validation.normalize_channel_axis(self.channel_axis, x.ndim)
+        validation.check_channel_vector("input channels", (x.shape[axis],), self.num_features)
+        validation.check_momentum(self.momentum, allow_none=True)
+        check_channel_vectors(x.shape[axis], running_mean=self.running_mean,
+                              running_var=self.running_var)
         return axis
 
     def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
@@ -252,7 +253,7 @@ class BatchNorm:
                            f"unexpected {unexpected}{hint}")
         arrays = {}
         for k, v in state.items():
-            v = np.asarray(_to_numpy(v))
+            v = np.asarray(to_numpy(v))
             want = () if k == "num_batches_tracked" else (self.num_features,)
             if v.shape != want:
                 raise ValueError(f"{k} has shape {v.shape}, expected {want}")
@@ -269,10 +270,3 @@ class BatchNorm:
                 f"affine={self.affine}, bias={self.bias is not None}, "
                 f"track_running_stats={self.track_running_stats}, "
                 f"channel_axis={self.channel_axis}{extra})")
-
-
-def _to_numpy(v):
-    """An array from a NumPy array, a number or a torch tensor (without importing torch)."""
-    if hasattr(v, "detach"):
-        v = v.detach().cpu().numpy()
-    return v

@@ -48,14 +48,13 @@ in the input's dtype (float32 stays float32).
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Tuple
 
 import numpy as np
 
-from .. import _checks
-from .functional import _as_float_array
-from .layers import _to_numpy
+from .. import validation
+from ..validation import ShapeLike
+from .arrays import as_float_array, to_numpy
 
 __all__ = [
     "layer_norm",
@@ -66,70 +65,12 @@ __all__ = [
     "GroupNorm",
 ]
 
-ShapeLike = Union[int, Sequence[int]]
-
 
 # ----------------------------------------------------------------------------- checks
-# Pure Python on shapes, shared with bnkit.torch.norms so both raise the same errors.
-def _as_normalized_shape(normalized_shape: ShapeLike) -> Tuple[int, ...]:
-    """``normalized_shape`` as a tuple of positive ints (an int ``D`` is ``(D,)``)."""
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        normalized_shape = (normalized_shape,)
-    try:
-        shape = tuple(normalized_shape)
-    except TypeError:
-        raise TypeError("normalized_shape must be an int or a sequence of ints "
-                        f"(got {type(normalized_shape).__name__})") from None
-    for d in shape:
-        if not isinstance(d, numbers.Integral) or isinstance(d, bool):
-            raise TypeError(f"normalized_shape must hold ints (got {shape!r})")
-    if len(shape) == 0 or any(d <= 0 for d in shape):
-        raise ValueError(f"normalized_shape must be a non-empty shape of positive sizes "
-                         f"(got {shape!r})")
-    return tuple(int(d) for d in shape)
-
-
-def _check_layer_norm(input_shape: Sequence[int], normalized_shape: ShapeLike,
-                      weight_shape=None, bias_shape=None, eps: float = 1e-5) -> Tuple[int, ...]:
-    """Every argument check of layer norm, on shapes; returns ``normalized_shape`` as a tuple."""
-    shape = _as_normalized_shape(normalized_shape)
-    input_shape = tuple(input_shape)
-    k = len(shape)
-    if len(input_shape) < k or input_shape[len(input_shape) - k:] != shape:
-        raise ValueError(f"normalized_shape={shape} must be the last {k} axes of the input: "
-                         f"expected an input of shape (N, ..., {', '.join(map(str, shape))}), "
-                         f"got {input_shape}")
-    for name, s in (("weight", weight_shape), ("bias", bias_shape)):
-        if s is not None and tuple(s) != shape:
-            raise ValueError(f"{name} has shape {tuple(s)}, expected normalized_shape {shape}")
-    _checks.check_eps(eps)
-    return shape
-
-
-def _check_num_groups(num_groups: int, num_channels: int) -> None:
-    if not (isinstance(num_groups, numbers.Integral) and not isinstance(num_groups, bool)):
-        raise TypeError(f"num_groups must be an int (got {type(num_groups).__name__})")
-    if num_groups <= 0:
-        raise ValueError(f"num_groups must be positive (got {num_groups})")
-    if num_channels % num_groups:
-        raise ValueError(f"num_channels ({num_channels}) must be divisible by "
-                         f"num_groups ({num_groups})")
-
-
-def _check_group_norm(input_shape: Sequence[int], num_groups: int, weight_shape=None,
-                      bias_shape=None, eps: float = 1e-5) -> None:
-    """Every argument check of group norm, on shapes."""
-    input_shape = tuple(input_shape)
-    _checks.check_input_rank(len(input_shape))
-    num_channels = input_shape[1]
-    _check_num_groups(num_groups, num_channels)
-    _checks.check_channel_vector("weight", weight_shape, num_channels)
-    _checks.check_channel_vector("bias", bias_shape, num_channels)
-    _checks.check_eps(eps)
-
-
+# The checks on shapes are bnkit.validation's, shared with bnkit.torch.norms, so both
+# raise the same errors; these two take NumPy arrays.
 def _check_grad(grad_y, x) -> np.ndarray:
-    grad_y = _as_float_array(grad_y, "grad_y")
+    grad_y = as_float_array(grad_y, "grad_y")
     if grad_y.shape != x.shape:
         raise ValueError(f"grad_y has shape {grad_y.shape} but x has shape {x.shape}")
     return grad_y
@@ -209,8 +150,9 @@ def layer_norm(x, normalized_shape: ShapeLike, weight=None, bias=None,
     array([[-1.,  1.],
            [-1.,  1.]])
     """
-    x = _as_float_array(x)
-    shape = _check_layer_norm(x.shape, normalized_shape, _shape_of(weight), _shape_of(bias), eps)
+    x = as_float_array(x)
+    shape = validation.check_layer_norm(x.shape, normalized_shape, _shape_of(weight),
+                                        _shape_of(bias), eps)
     m = math.prod(shape)
     x2 = x.reshape(-1, m)
     mean, invstd = _row_statistics(x2, eps)
@@ -256,9 +198,9 @@ def layer_norm_backward(grad_y, x, normalized_shape: ShapeLike, weight=None,
     grad_weight, grad_bias : ndarray of shape (D_1, ..., D_k), dtype of ``x``
         Returned even when ``weight`` is ``None``.
     """
-    x = _as_float_array(x)
+    x = as_float_array(x)
     grad_y = _check_grad(grad_y, x)
-    shape = _check_layer_norm(x.shape, normalized_shape, _shape_of(weight), None, eps)
+    shape = validation.check_layer_norm(x.shape, normalized_shape, _shape_of(weight), None, eps)
     m = math.prod(shape)
     x2 = x.reshape(-1, m)
     g2 = grad_y.reshape(-1, m).astype(np.float64)
@@ -331,8 +273,8 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
     >>> bnp.group_norm(x, 2, eps=1e-12).round(6)      # groups {0, 1} and {2, 3}
     array([[-1.,  1., -1.,  1.]])
     """
-    x = _as_float_array(x)
-    _check_group_norm(x.shape, num_groups, _shape_of(weight), _shape_of(bias), eps)
+    x = as_float_array(x)
+    validation.check_group_norm(x.shape, num_groups, _shape_of(weight), _shape_of(bias), eps)
     c = x.shape[1]
     x3 = _group_view(x)
     x2 = _group_rows(x3, num_groups)
@@ -377,9 +319,9 @@ def group_norm_backward(grad_y, x, num_groups: int, weight=None, eps: float = 1e
     grad_weight, grad_bias : ndarray of shape (C,), dtype of ``x``
         Returned even when ``weight`` is ``None``.
     """
-    x = _as_float_array(x)
+    x = as_float_array(x)
     grad_y = _check_grad(grad_y, x)
-    _check_group_norm(x.shape, num_groups, _shape_of(weight), None, eps)
+    validation.check_group_norm(x.shape, num_groups, _shape_of(weight), None, eps)
     c = x.shape[1]
     x3 = _group_view(x)
     g3 = _group_view(grad_y).astype(np.float64)
@@ -425,7 +367,7 @@ class _PerExampleNorm:
 
     def forward(self, x) -> np.ndarray:
         """Normalize ``x``; see the class docstring for the axes."""
-        x = _as_float_array(x)
+        x = as_float_array(x)
         y = self._forward(x)
         self._cache = x
         return y
@@ -465,7 +407,7 @@ class _PerExampleNorm:
         if got != expected:
             raise KeyError(f"state dict keys do not match: missing {sorted(expected - got)}, "
                            f"unexpected {sorted(got - expected)}")
-        arrays = {k: np.array(_to_numpy(v), copy=True) for k, v in state_dict.items()}
+        arrays = {k: np.array(to_numpy(v), copy=True) for k, v in state_dict.items()}
         for k, v in arrays.items():
             if v.shape != self._param_shape:
                 raise ValueError(f"{k} has shape {v.shape}, expected {self._param_shape}")
@@ -514,8 +456,8 @@ class LayerNorm(_PerExampleNorm):
 
     def __init__(self, normalized_shape: ShapeLike, eps: float = 1e-5,
                  elementwise_affine: bool = True, bias: bool = True, dtype=np.float64):
-        self.normalized_shape = _as_normalized_shape(normalized_shape)
-        _checks.check_eps(eps)
+        self.normalized_shape = validation.as_normalized_shape(normalized_shape)
+        validation.check_eps(eps)
         self.eps = eps
         self.elementwise_affine = bool(elementwise_affine)
         self._param_shape = self.normalized_shape
@@ -577,9 +519,9 @@ class GroupNorm(_PerExampleNorm):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
                  affine: bool = True, dtype=np.float64, *, bias: bool = True):
-        _checks.check_positive_int("num_channels", num_channels)
-        _check_num_groups(num_groups, num_channels)
-        _checks.check_eps(eps)
+        validation.check_positive_int("num_channels", num_channels)
+        validation.check_num_groups(num_groups, num_channels)
+        validation.check_eps(eps)
         self.num_groups = int(num_groups)
         self.num_channels = int(num_channels)
         self.eps = eps

@@ -37,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from .. import _checks
+from .. import validation
 from .kernels import (
     affine,
     batch_statistics,
@@ -68,16 +68,16 @@ def check_input(input: torch.Tensor, running_mean=None, running_var=None, weight
         raise TypeError(f"input must be a torch.Tensor (got {type(input).__name__})")
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor (got dtype {input.dtype})")
-    _checks.check_input_rank(input.dim())
-    _checks.check_eps(eps)
-    _checks.check_momentum(momentum)
+    validation.check_input_rank(input.dim())
+    validation.check_eps(eps)
+    validation.check_momentum(momentum)
     c = input.shape[1]
     for name, v in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
-        _checks.check_channel_vector(name, None if v is None else tuple(v.shape), c)
+        validation.check_channel_vector(name, None if v is None else tuple(v.shape), c)
     if training:
         if values_per_channel(input) == 1:
-            _checks.check_training_batch(tuple(input.shape), 1)    # raises
+            validation.check_training_batch(tuple(input.shape), 1)    # raises
     elif running_mean is None or running_var is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var; "
                          "pass training=True to normalize with batch statistics")

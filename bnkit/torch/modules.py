@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import _checks
+from .. import validation
 from .functional import BatchNormFunction
 from .kernels import exponential_average_factor, values_per_channel
 
@@ -66,9 +66,9 @@ class BatchNormBase(nn.Module):
                  affine: bool = True, track_running_stats: bool = True, device=None,
                  dtype=None, *, bias: bool = True):
         super().__init__()
-        _checks.check_positive_int("num_features", num_features)
-        _checks.check_eps(eps)
-        _checks.check_momentum(momentum, allow_none=True)
+        validation.check_positive_int("num_features", num_features)
+        validation.check_eps(eps)
+        validation.check_momentum(momentum, allow_none=True)
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -140,18 +140,18 @@ class BatchNormBase(nn.Module):
             raise TypeError(f"input must be a torch.Tensor (got {type(input).__name__})")
         if not input.is_floating_point():
             raise TypeError(f"input must be a floating-point tensor (got dtype {input.dtype})")
-        _checks.check_input_rank(input.dim(), self._allowed_ranks)
+        validation.check_input_rank(input.dim(), self._allowed_ranks)
         if input.shape[1] != self.num_features:
             raise ValueError(f"input has {input.shape[1]} channels (shape "
                              f"{tuple(input.shape)}) but num_features={self.num_features}")
-        _checks.check_eps(self.eps)
-        _checks.check_momentum(self.momentum, allow_none=True)
+        validation.check_eps(self.eps)
+        validation.check_momentum(self.momentum, allow_none=True)
         for name in ("weight", "bias", "running_mean", "running_var"):
             v = getattr(self, name)
-            _checks.check_channel_vector(name, None if v is None else tuple(v.shape),
-                                         self.num_features)
+            validation.check_channel_vector(name, None if v is None else tuple(v.shape),
+                                            self.num_features)
         if batch_statistics and whole_batch and values_per_channel(input) == 1:
-            _checks.check_training_batch(tuple(input.shape), 1)        # raises
+            validation.check_training_batch(tuple(input.shape), 1)        # raises
 
     def _looks_valid(self, input, whole_batch_statistics: bool) -> bool:
         """True when every check of :meth:`_check_input` passes, tested the fast way.

@@ -32,8 +32,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from .. import _checks
-from ..numpy.norms import _as_normalized_shape, _check_group_norm, _check_layer_norm, _check_num_groups
+from .. import validation
 
 __all__ = [
     "layer_norm",
@@ -161,8 +160,8 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: Optional[torch.Ten
             [-1.,  1.]])
     """
     _check_tensor(input)
-    shape = _check_layer_norm(tuple(input.shape), normalized_shape, _shape(weight),
-                              _shape(bias), eps)
+    shape = validation.check_layer_norm(tuple(input.shape), normalized_shape, _shape(weight),
+                                        _shape(bias), eps)
     return LayerNormFunction.apply(input, weight, bias, len(shape), float(eps))
 
 
@@ -254,7 +253,8 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: Optional[torch.Tens
     tensor([[-1.,  1., -1.,  1.]])
     """
     _check_tensor(input)
-    _check_group_norm(tuple(input.shape), num_groups, _shape(weight), _shape(bias), eps)
+    validation.check_group_norm(tuple(input.shape), num_groups, _shape(weight), _shape(bias),
+                                eps)
     return GroupNormFunction.apply(input, weight, bias, int(num_groups), float(eps))
 
 
@@ -314,8 +314,8 @@ class LayerNorm(_AffineNorm):
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, device=None, dtype=None):
         super().__init__()
-        self.normalized_shape = _as_normalized_shape(normalized_shape)
-        _checks.check_eps(eps)
+        self.normalized_shape = validation.as_normalized_shape(normalized_shape)
+        validation.check_eps(eps)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         self._register_affine(self.normalized_shape, elementwise_affine, bias, device, dtype)
@@ -370,9 +370,9 @@ class GroupNorm(_AffineNorm):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
                  affine: bool = True, device=None, dtype=None, *, bias: bool = True):
         super().__init__()
-        _checks.check_positive_int("num_channels", num_channels)
-        _check_num_groups(num_groups, num_channels)
-        _checks.check_eps(eps)
+        validation.check_positive_int("num_channels", num_channels)
+        validation.check_num_groups(num_groups, num_channels)
+        validation.check_eps(eps)
         self.num_groups = int(num_groups)
         self.num_channels = int(num_channels)
         self.eps = eps
