@@ -8,7 +8,7 @@ walker itself is tested on small packages in tests/test_import_graph.py.
 - Imports point down only: no cycle, deferred imports included.
 - No module takes a private ``_name`` from another module of bnkit: not from a sibling in
   its package, not from another subpackage, not from its package's ``__init__`` or its
-  package's private helper modules (``from .. import _checks`` takes the name ``_checks``
+  package's private helper modules (``from .. import _x`` takes the name ``_x``
   of ``bnkit``). A name that two modules need is public in a third.
 - The command line ``bnkit.experiments.cli`` is the leaf on top: nothing in bnkit imports
   it except ``python -m bnkit.experiments`` (``bnkit/experiments/__main__.py``), which

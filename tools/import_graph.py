@@ -230,8 +230,8 @@ def private_imports(package_dir: Path) -> list[tuple[str, str, str]]:
     """``(module, holder, name)`` for every private ``_name`` a module takes from another module.
 
     ``holder`` is the module (or package) whose namespace holds ``name``: a function, class
-    or constant defined there, or a private submodule of a package (``bnkit._checks`` is the
-    name ``_checks`` of ``bnkit``). A private name belongs to its holder alone: any other
+    or constant defined there, or a private submodule of a package (``bnkit._x`` is the
+    name ``_x`` of ``bnkit``). A private name belongs to its holder alone: any other
     module of the package that takes it is listed -- a sibling in the same package, a module
     of another subpackage, the package's own ``__init__``, or a module taking its package's
     private helpers. Only code inside the private thing itself may use its name (the

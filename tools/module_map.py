@@ -10,7 +10,7 @@ Read with ``ast`` from the sources (tools/import_graph.py): a chapter uses the m
 code cells import, and the scripts its ``%%writefile`` cells write; a name taken from a
 package (``bnt.BatchNorm2d``, ``from bnkit.experiments import train``) counts for the
 submodule that defines it. A test checks a module when its file uses the module the same
-way. Private helpers (``bnkit._checks``) and the packages' ``__init__`` (re-exports only) are
+way. Private helpers (``bnkit._x``) and the packages' ``__init__`` (re-exports only) are
 left out.
 """
 
