@@ -56,9 +56,11 @@ class Op:
     ----------
     name : str
         ``"packet.overload"``, e.g. ``"sub.out"``, ``"mul_.Tensor"``.
-    reads, writes : tuple of (int, int)
-        Byte ranges ``[start, stop)`` of the tensors it reads and writes (a
-        strided tensor: from its first to its last element).
+    reads : tuple of (int, int)
+        Byte ranges ``[start, stop)`` of the tensors it reads (a strided
+        tensor: from its first to its last element).
+    writes : tuple of (int, int)
+        Byte ranges of the tensors it writes.
     computes : bool
         False for views, allocations and other operations that touch no data.
     call : tuple or None
@@ -93,7 +95,7 @@ def _unique(ranges) -> Tuple[Range, ...]:
 
 
 class OpRecorder(TorchDispatchMode):
-    """A dispatch mode that appends an :class:`Op` to :attr:`ops` for every operation run under it.
+    """A dispatch mode that appends an :class:`Op` to its list ``ops`` for every operation run under it.
 
     Parameters
     ----------
