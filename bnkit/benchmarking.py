@@ -45,6 +45,7 @@ __all__ = [
     "compare_times",
     "available_implementations",
     "make_case",
+    "torch_inputs",
     "torch_case",
     "replayed",
     "without_huge_pages",
@@ -108,8 +109,15 @@ def _inputs(shape: Sequence[int], dtype, seed: int):
     return (rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype))
 
 
-def _torch_inputs(shape: Sequence[int], layout: str, dtype, seed: int, device: str = "cpu"):
-    """x, g, weight (ones), bias (zeros), running mean (zeros) and variance (ones) of a torch case."""
+def torch_inputs(shape: Sequence[int], layout: str = "channels_first", dtype="float32",
+                 seed: int = 0, device: str = "cpu"):
+    """The tensors of a torch case: ``x, g, weight, bias, running_mean, running_var``.
+
+    ``x`` and the upstream gradient ``g`` are standard normal (from ``seed``),
+    of the logical shape ``(N, C, *)`` and stored in ``layout``; ``weight`` (ones)
+    and ``bias`` (zeros) require gradients; the running mean is zeros and the
+    running variance ones. All in ``dtype``, on ``device``.
+    """
     import torch
 
     x_np, g_np = _inputs(shape, dtype, seed)
@@ -159,8 +167,8 @@ def torch_case(fn: Callable, mode: str, shape: Sequence[int], layout: str = "cha
     import torch
 
     _check_mode(mode)
-    x, g, weight, bias, running_mean, running_var = _torch_inputs(shape, layout, dtype, seed,
-                                                                  device)
+    x, g, weight, bias, running_mean, running_var = torch_inputs(shape, layout, dtype, seed,
+                                                                 device)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
     def forward():
@@ -202,7 +210,7 @@ def replayed(fn: Callable, shape: Sequence[int], layout: str = "channels_first",
 
     from . import op_trace
 
-    x, g, weight, bias, running_mean, running_var = _torch_inputs(shape, layout, dtype, seed)
+    x, g, weight, bias, running_mean, running_var = torch_inputs(shape, layout, dtype, seed)
     x_in = x.detach().requires_grad_()
     y, forward_ops = op_trace.record(fn, x_in, running_mean, running_var, weight, bias,
                                      training=True, keep_calls=True)

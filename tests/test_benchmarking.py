@@ -189,3 +189,15 @@ def test_without_huge_pages_turns_the_hint_off_during_the_call_only():
     with pytest.raises(RuntimeError, match="inside"):
         benchmarking.without_huge_pages(case)()
     assert seen == [None] and kernels.HUGE_PAGE_BYTES == before is not None
+
+
+def test_torch_inputs_are_seeded_standard_normal_with_identity_parameters():
+    x, g, weight, bias, running_mean, running_var = benchmarking.torch_inputs(
+        (3, 4, 2, 2), "channels_last", seed=7)
+    again = benchmarking.torch_inputs((3, 4, 2, 2), "channels_last", seed=7)
+    torch.testing.assert_close(x, again[0])
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.shape == (3, 4, 2, 2)
+    assert not torch.equal(x, g)
+    assert torch.equal(weight, torch.ones(4)) and weight.requires_grad
+    assert torch.equal(bias, torch.zeros(4)) and bias.requires_grad
+    assert torch.equal(running_mean, torch.zeros(4)) and torch.equal(running_var, torch.ones(4))
