@@ -22,6 +22,9 @@ e.g. NHWC) and one dtype. One call of a case's closure is exactly:
 implementation is timed by the same harness. :func:`floor_case` builds the
 *floor* of a case: the passes over memory of :mod:`bnkit.roofline` made by
 kernels that do no arithmetic (:func:`bnkit.timing.stream_passes`).
+:func:`replayed` replays the operations one training step of a function
+dispatches, with nothing in between (the price of its operations alone), and
+:func:`without_huge_pages` runs a case with bnkit.torch's huge-page hint off.
 :func:`run_cases` times a grid of cases and returns one record (a dict) per
 case. torch is imported only when a torch case is built, so
 ``import bnkit.benchmarking`` stays light.
@@ -42,7 +45,10 @@ __all__ = [
     "compare_times",
     "available_implementations",
     "make_case",
+    "torch_inputs",
     "torch_case",
+    "replayed",
+    "without_huge_pages",
     "floor_case",
     "run_cases",
     "add_ratios",
@@ -103,6 +109,32 @@ def _inputs(shape: Sequence[int], dtype, seed: int):
     return (rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype))
 
 
+def torch_inputs(shape: Sequence[int], layout: str = "channels_first", dtype="float32",
+                 seed: int = 0, device: str = "cpu"):
+    """The tensors of a torch case: ``x, g, weight, bias, running_mean, running_var``.
+
+    ``x`` and the upstream gradient ``g`` are standard normal (from ``seed``),
+    of the logical shape ``(N, C, *)`` and stored in ``layout``; ``weight`` (ones)
+    and ``bias`` (zeros) require gradients; the running mean is zeros and the
+    running variance ones. All in ``dtype``, on ``device``.
+    """
+    import torch
+
+    x_np, g_np = _inputs(shape, dtype, seed)
+    _channel_axis(layout, x_np.ndim)
+    x = torch.from_numpy(x_np).to(device)
+    g = torch.from_numpy(g_np).to(device)
+    if layout == "channels_last" and x.dim() in (4, 5):
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x, g = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
+    c = x.shape[1]
+    weight = torch.ones(c, dtype=x.dtype, device=device, requires_grad=True)
+    bias = torch.zeros(c, dtype=x.dtype, device=device, requires_grad=True)
+    running_mean = torch.zeros(c, dtype=x.dtype, device=device)
+    running_var = torch.ones(c, dtype=x.dtype, device=device)
+    return x, g, weight, bias, running_mean, running_var
+
+
 def torch_case(fn: Callable, mode: str, shape: Sequence[int], layout: str = "channels_first",
                dtype="float32", seed: int = 0, device: str = "cpu") -> Callable[[], object]:
     """A closure that runs ``fn`` once as one case of the harness (inputs built now).
@@ -135,18 +167,8 @@ def torch_case(fn: Callable, mode: str, shape: Sequence[int], layout: str = "cha
     import torch
 
     _check_mode(mode)
-    x_np, g_np = _inputs(shape, dtype, seed)
-    _channel_axis(layout, x_np.ndim)
-    x = torch.from_numpy(x_np).to(device)
-    g = torch.from_numpy(g_np).to(device)
-    if layout == "channels_last" and x.dim() in (4, 5):
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        x, g = x.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
-    c = x.shape[1]
-    weight = torch.ones(c, dtype=x.dtype, device=device, requires_grad=True)
-    bias = torch.zeros(c, dtype=x.dtype, device=device, requires_grad=True)
-    running_mean = torch.zeros(c, dtype=x.dtype, device=device)
-    running_var = torch.ones(c, dtype=x.dtype, device=device)
+    x, g, weight, bias, running_mean, running_var = torch_inputs(shape, layout, dtype, seed,
+                                                                 device)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
     def forward():
@@ -163,6 +185,74 @@ def torch_case(fn: Callable, mode: str, shape: Sequence[int], layout: str = "cha
         return grads
 
     return forward if mode == "forward" else forward_backward
+
+
+def replayed(fn: Callable, shape: Sequence[int], layout: str = "channels_first",
+             dtype="float32", seed: int = 0) -> Callable:
+    """``fn``'s own operations for one training step, replayed in a bare autograd.Function.
+
+    Runs one ``"forward+backward"`` call of :func:`torch_case` for ``fn``
+    (CPU) while recording the ATen operations it dispatches
+    (:func:`bnkit.op_trace.record`), and returns a function with the signature of
+    :func:`torch.nn.functional.batch_norm` whose forward and backward dispatch
+    exactly those operations again, on the recorded tensors, with no Python
+    in between. Timed by :func:`torch_case` with the same shape, it is what
+    ``fn`` would cost if its own Python (argument checks, choosing a path,
+    building the arguments of each operation) were free: the price of its
+    operations and of being an autograd.Function.
+
+    The replay computes from the recorded inputs (:func:`bnkit.op_trace.replayer`),
+    not from the ones it is given: its output and input gradient are those of
+    the recorded call; it returns the recorded gradients of ``weight`` and
+    ``bias``.
+    """
+    import torch
+
+    from . import op_trace
+
+    x, g, weight, bias, running_mean, running_var = torch_inputs(shape, layout, dtype, seed)
+    x_in = x.detach().requires_grad_()
+    y, forward_ops = op_trace.record(fn, x_in, running_mean, running_var, weight, bias,
+                                     training=True, keep_calls=True)
+    grads, backward_ops = op_trace.record(torch.autograd.grad, y, (x_in, weight, bias), g,
+                                          keep_calls=True)
+    param_grads = tuple(t.detach() for t in grads[1:])
+    run_forward = op_trace.replayer(forward_ops, result=y)
+    run_backward = op_trace.replayer(backward_ops, result=grads[0])
+
+    class Replay(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias):
+            return run_forward()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return (run_backward(),) + param_grads
+
+    def replaying(x, running_mean=None, running_var=None, weight=None, bias=None,
+                  training=False, momentum=0.1, eps=1e-5):
+        return Replay.apply(x, weight, bias)
+
+    return replaying
+
+
+def without_huge_pages(case: Callable[[], object]) -> Callable[[], object]:
+    """``case`` run with bnkit.torch's huge-page hint off (:data:`bnkit.torch.kernels.HUGE_PAGE_BYTES` = None).
+
+    The setting is restored after every call, also when the call raises: the
+    wrapped case can be timed in the same rounds as the unwrapped one.
+    """
+    from bnkit.torch import kernels
+
+    def run():
+        saved = kernels.HUGE_PAGE_BYTES
+        kernels.HUGE_PAGE_BYTES = None
+        try:
+            return case()
+        finally:
+            kernels.HUGE_PAGE_BYTES = saved
+
+    return run
 
 
 def floor_case(mode: str, shape: Sequence[int], dtype="float32") -> Callable[[], object]:

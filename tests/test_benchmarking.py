@@ -156,3 +156,48 @@ def test_chapter_9_shows_the_signature_and_body_of_torch_case():
     lines = inspect.getsource(benchmarking.torch_case).splitlines()
     assert lines[1].rstrip().endswith("-> Callable[[], object]:")
     assert lines[28].strip() == '"""' and lines[29].strip() == "import torch"
+
+
+def test_replayed_dispatches_exactly_the_operations_of_the_function_it_replays():
+    from bnkit import op_trace
+    import bnkit.torch as bnt
+
+    for shape, layout in (((6, 5), "channels_first"), ((4, 64, 32, 32), "channels_last")):
+        original = benchmarking.make_case("bnkit.torch", "forward+backward", shape, layout)
+        replaying = benchmarking.torch_case(benchmarking.replayed(bnt.batch_norm, shape, layout),
+                                            "forward+backward", shape, layout)
+        names = [[op.name for op in op_trace.compute_ops(op_trace.record(case)[1])]
+                 for case in (original, replaying)]
+        assert names[0] == names[1]
+        # the values of the recorded call, however often it is replayed: batch norm's gradients
+        for _ in range(3):
+            for got, expected in zip(replaying(), original()):
+                torch.testing.assert_close(got, expected)
+    assert len(names[0]) > 18        # the large path: operations per block
+
+
+def test_without_huge_pages_turns_the_hint_off_during_the_call_only():
+    from bnkit.torch import kernels
+
+    seen = []
+
+    def case():
+        seen.append(kernels.HUGE_PAGE_BYTES)
+        raise RuntimeError("inside")
+
+    before = kernels.HUGE_PAGE_BYTES
+    with pytest.raises(RuntimeError, match="inside"):
+        benchmarking.without_huge_pages(case)()
+    assert seen == [None] and kernels.HUGE_PAGE_BYTES == before is not None
+
+
+def test_torch_inputs_are_seeded_standard_normal_with_identity_parameters():
+    x, g, weight, bias, running_mean, running_var = benchmarking.torch_inputs(
+        (3, 4, 2, 2), "channels_last", seed=7)
+    again = benchmarking.torch_inputs((3, 4, 2, 2), "channels_last", seed=7)
+    torch.testing.assert_close(x, again[0])
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.shape == (3, 4, 2, 2)
+    assert not torch.equal(x, g)
+    assert torch.equal(weight, torch.ones(4)) and weight.requires_grad
+    assert torch.equal(bias, torch.zeros(4)) and bias.requires_grad
+    assert torch.equal(running_mean, torch.zeros(4)) and torch.equal(running_var, torch.ones(4))
