@@ -20,4 +20,4 @@ def test_help_lists_every_command(module):
     listed = r.stdout.split("positional arguments:")[1]
     for name in COMMANDS:
         assert name in listed, f"{module} --help does not list {name!r}:\n{r.stdout}"
-    assert set(COMMANDS) == {"figure1", "ics", "landscape", "santurkar", "sync-cost", "sync-benefit"}
+    assert set(COMMANDS) == {"figure1", "ics", "landscape", "santurkar", "small-batch", "sync-cost", "sync-benefit"}

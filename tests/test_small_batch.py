@@ -308,7 +308,7 @@ def test_command_line_writes_a_reproducible_file(tmp_path):
     assert result.variants == ("group",) and result.steps.tolist() == [2]
     again = batch_size_sweep(None, (8,), ("group",), examples=16, seeds=(0,))
     np.testing.assert_array_equal(again.test_accuracy["group"], result.test_accuracy["group"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="--output must end in .json"):
         main(["--output", str(tmp_path / "sweep.csv")])
 
 
@@ -335,3 +335,17 @@ def test_merging_sweeps_over_disjoint_seeds_equals_one_sweep(tiny_data, tmp_path
                  str(tmp_path / "b.json")]) == 0
     back = SweepResult.load(tmp_path / "all.json")
     np.testing.assert_array_equal(back.test_accuracy["group"], whole.test_accuracy["group"])
+
+
+def test_the_cli_runs_the_same_sweep_and_records_its_command(tiny_data, tmp_path, monkeypatch):
+    from bnkit.experiments import cli
+
+    out = tmp_path / "cli.json"
+    argv = ["small-batch", "--output", str(out), "--seeds", "0", "--variants", "group",
+            "--batch-sizes", "8", "--examples", "16", "--no-progress"]
+    monkeypatch.setattr("sys.argv", ["python -m bnkit.experiments"] + argv)
+    assert cli.main(argv) == 0
+    result = SweepResult.load(out)
+    assert result.config["command"].startswith("python -m bnkit.experiments small-batch --output")
+    again = batch_size_sweep(None, (8,), ("group",), examples=16, seeds=(0,))
+    np.testing.assert_array_equal(again.test_accuracy["group"], result.test_accuracy["group"])

@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
-from . import figure1, santurkar, sync_benefit, sync_cost
+from . import figure1, santurkar, small_batch, sync_benefit, sync_cost
 
 __all__ = ["Command", "COMMANDS", "build_parser", "main"]
 
@@ -39,6 +39,8 @@ COMMANDS: Dict[str, Command] = {
                          santurkar.configure_landscape, santurkar.run_landscape),
     "santurkar": Command("all of Santurkar et al.'s measurements on plain, BN and noisy BN, over seeds",
                          santurkar.configure_santurkar, santurkar.run_santurkar),
+    "small-batch": Command("Chapter 7: the conv net's normalization variants against batch size, over seeds",
+                           small_batch.configure, small_batch.run),
     "sync-cost": Command("Chapter 8: SyncBatchNorm against plain batch norm, timed on gloo processes, "
                          "with t = alpha + beta p fitted", sync_cost.configure, sync_cost.run),
     "sync-benefit": Command("Chapter 8: per-process against synchronized batch statistics "

@@ -57,6 +57,7 @@ from torch import nn
 
 from ..stats import Spread, spread
 from ..torch import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, recompute_batch_norm_stats
+from .arguments import defaults
 from .training import as_tensors, evaluate, train
 
 __all__ = [
@@ -73,6 +74,8 @@ __all__ = [
     "precise_accuracy",
     "SweepResult",
     "batch_size_sweep",
+    "configure",
+    "run",
     "merge_sweeps",
     "main",
 ]
@@ -688,33 +691,33 @@ def merge_sweeps(parts: Sequence[SweepResult]) -> SweepResult:
 # --------------------------------------------------------------------------- #
 # command line
 # --------------------------------------------------------------------------- #
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m bnkit.experiments.small_batch``: run the sweep, save it as JSON.
-
-    The saved ``config["command"]`` is the command line that produced the file.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m bnkit.experiments.small_batch",
-        description="Chapter 7's sweep: test accuracy of the conv net's normalization variants "
-                    "against batch size, over several seeds, on the embedded MNIST subset.")
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Options of the sweep's command; every default is :func:`batch_size_sweep`'s."""
+    d = defaults(batch_size_sweep)
     parser.add_argument("--output", required=True, help="the result file (.json)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                        choices=list(VARIANTS))
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
-    parser.add_argument("--examples", type=int, default=8192)
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--reference-batch-size", type=int, default=32)
-    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="one network per seed (default: 0 1 2 3 4, the book's five)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="default: all of them")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(d["batch_sizes"]))
+    parser.add_argument("--examples", type=int, default=d["examples"])
+    parser.add_argument("--lr", type=float, default=d["lr"])
+    parser.add_argument("--reference-batch-size", type=int, default=d["reference_batch_size"])
+    parser.add_argument("--momentum", type=float, default=d["momentum"])
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--merge", nargs="+", metavar="PART",
                         help="instead of running: merge result files that differ only in their seeds "
                              "(e.g. written by parallel processes) into --output")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, prog: str = "python -m bnkit.experiments") -> int:
+    """Run the sweep (or merge parts of it) as ``args`` say; save it as JSON.
+
+    The saved ``config["command"]`` is the command line that produced the file.
+    """
     if not args.output.endswith(".json"):
-        parser.error(f"--output must end in .json (got {args.output!r})")
-    command = "python -m bnkit.experiments.small_batch " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        raise SystemExit(f"error: --output must end in .json (got {args.output!r})")
+    command = prog + " " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
     if args.merge:
         result = merge_sweeps([SweepResult.load(p) for p in args.merge])
         result.config["command"] = command
@@ -727,6 +730,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = result.save(args.output)
     print(f"wrote {path}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m bnkit.experiments.small_batch``: the same command as ``small-batch`` of the CLI."""
+    prog = "python -m bnkit.experiments.small_batch"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Chapter 7's sweep: test accuracy of the conv net's normalization variants "
+                    "against batch size, over several seeds, on the embedded MNIST subset.")
+    configure(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return run(args, prog)
 
 
 if __name__ == "__main__":
