@@ -141,3 +141,21 @@ def test_bad_arguments(tiny_data):
         s.at("BN", 3.0)
     with pytest.raises(ValueError, match="network must be"):
         s.spread("LN", 1.0)
+
+
+def test_sweep_weight_norms_and_changes_match_the_trained_models(tiny_data):
+    nets = {"BN": {"sizes": SIZES, "batch_norm": True}}
+    s = sweep("lr", [0.5, 5.0], nets, tiny_data, steps=20, seeds=(0, 1), train_options={"batch_size": 20})
+    assert s.weight_norm.shape == s.weight_change.shape == (1, 2, 2, 2)
+    for j, lr in enumerate((0.5, 5.0)):
+        for k, seed in enumerate((0, 1)):
+            w0 = [b.linear.weight.detach().clone() for b in mlp(sizes=SIZES, batch_norm=True, seed=seed).blocks]
+            _, model = direct(tiny_data, seed, nets["BN"], {"steps": 20, "batch_size": 20, "lr": lr,
+                                                            "eval_every": 20, "record_every": 0})
+            for layer, (a0, block) in enumerate(zip(w0, model.blocks)):
+                a = block.linear.weight.detach()
+                np.testing.assert_allclose(s.weight_norm[0, j, k, layer], a.norm().item(), rtol=1e-6)
+                np.testing.assert_allclose(s.weight_change[0, j, k, layer], ((a - a0).norm() / a0.norm()).item(),
+                                           rtol=1e-5)
+    # a larger rate moves the weights further
+    assert np.all(s.weight_change[0, 1] > s.weight_change[0, 0])

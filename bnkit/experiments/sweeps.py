@@ -160,6 +160,13 @@ class Sweep:
         Whether the training loss became non-finite (training then stops).
     steps : int
         SGD steps per run.
+    weight_norm : ndarray of shape (len(networks), len(values), len(seeds), L)
+        :math:`\lVert W_\ell \rVert` (Frobenius) of each of the L hidden
+        layers' weights at the end of the run.
+    weight_change : ndarray, same shape
+        :math:`\lVert W_\ell - W_\ell^{(0)} \rVert / \lVert W_\ell^{(0)} \rVert`:
+        how far training moved each hidden layer's weights from their
+        initial values, relative to their initial size.
     """
 
     param: str
@@ -169,6 +176,8 @@ class Sweep:
     accuracy: np.ndarray
     diverged: np.ndarray
     steps: int
+    weight_norm: Optional[np.ndarray] = None
+    weight_change: Optional[np.ndarray] = None
 
     def _index(self, network: str, value: float) -> Tuple[int, int]:
         if network not in self.networks:
@@ -259,8 +268,22 @@ def sweep(param: str, values: Sequence[float], networks: Mapping[str, Mapping[st
             m, t = dict(model), dict(base_train)
             (m if where == "model" else t)[param] = v
             runs[f"{label}|{v!r}"] = Run(model=m, train=t)
-    histories = run_seeds(runs, data, seeds=seeds, processes=processes)
-    labels = tuple(networks)
+    histories, models = run_seeds(runs, data, seeds=seeds, processes=processes, return_models=True)
+    labels, seeds = tuple(networks), tuple(int(s) for s in seeds)
     acc = np.array([[[h.final_accuracy for h in histories[f"{n}|{v!r}"]] for v in values] for n in labels])
     div = np.array([[[h.diverged for h in histories[f"{n}|{v!r}"]] for v in values] for n in labels])
-    return Sweep(param, values, labels, tuple(int(s) for s in seeds), acc, div, int(steps))
+    depths = {models[key][0].num_hidden for key in runs}
+    if len(depths) != 1:
+        raise ValueError(f"the networks of a sweep must have the same number of hidden layers, got {depths}")
+    norm = np.zeros(acc.shape + (depths.pop(),))
+    change = np.zeros_like(norm)
+    for i, n in enumerate(labels):
+        for j, v in enumerate(values):
+            key = f"{n}|{v!r}"
+            for k, seed in enumerate(seeds):
+                initial = mlp(**dict(runs[key].model), seed=seed)  # the draw the run started from
+                for layer, (b0, b) in enumerate(zip(initial.blocks, models[key][k].blocks)):
+                    w0, w = b0.linear.weight.detach().double(), b.linear.weight.detach().double()
+                    norm[i, j, k, layer] = float(w.norm())
+                    change[i, j, k, layer] = float((w - w0).norm() / w0.norm())
+    return Sweep(param, values, labels, seeds, acc, div, int(steps), norm, change)
