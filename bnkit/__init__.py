@@ -2,7 +2,8 @@
 
 Two implementations with PyTorch's semantics, plus what the book's chapters need:
 
-* :mod:`bnkit.numpy` -- NumPy, float32 and float64, any rank >= 2, any channel axis.
+* :mod:`bnkit.numpy` -- NumPy, float16, float32 and float64 (sums in float32 or wider,
+  the output in the input's dtype), any rank >= 2, any channel axis.
 * :mod:`bnkit.torch` -- torch, any device, its own :class:`torch.autograd.Function`.
 * :mod:`bnkit.plotting` -- the book's figure style.
 

@@ -88,12 +88,14 @@ def check_channel_vector(name: str, shape: Optional[Sequence[int]], num_channels
 
 
 def check_training_batch(shape: Sequence[int], channel_axis: int) -> None:
-    """Raise ``ValueError`` when training would see one value per channel.
+    """Raise ``ValueError`` when training would see exactly one value per channel.
 
     The batch variance of a single value is 0 and its unbiased estimate divides
-    by zero, so PyTorch refuses; so do we, with PyTorch's message.
+    by zero, so PyTorch refuses; so do we, with PyTorch's message. An empty
+    batch (zero values per channel, e.g. ``N = 0``) is allowed, as in PyTorch:
+    it normalizes nothing and leaves the running statistics as they are.
     """
     values_per_channel = math.prod(s for i, s in enumerate(shape) if i != channel_axis)
-    if values_per_channel <= 1:
+    if values_per_channel == 1:
         raise ValueError("Expected more than 1 value per channel when training, "
                          f"got input size {tuple(shape)}")

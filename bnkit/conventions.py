@@ -147,7 +147,8 @@ def update_moving_stats(running_mean, running_var, mean, var, m: int, momentum: 
         The batch mean and *biased* batch variance.
     m : int
         Values per channel in the batch (N, or N*H*W); must be > 1 when the
-        unbiased variance is stored.
+        unbiased variance is stored. ``m = 0`` (an empty batch) changes nothing,
+        as in PyTorch.
     momentum : float in [0, 1]
         In the chosen convention.
     convention : {"torch", "keras"}, default "torch"
@@ -159,7 +160,7 @@ def update_moving_stats(running_mean, running_var, mean, var, m: int, momentum: 
     Raises
     ------
     ValueError
-        Unknown convention, momentum outside [0, 1], or ``m <= 1`` with an
+        Unknown convention, momentum outside [0, 1], or ``m = 1`` with an
         unbiased variance. Nothing is updated then.
 
     Examples
@@ -176,6 +177,8 @@ def update_moving_stats(running_mean, running_var, mean, var, m: int, momentum: 
     _checks.check_momentum(momentum)
     if unbiased is None:
         unbiased = stores_unbiased_variance(convention)
+    if m == 0:               # an empty batch has no statistics: nothing to average in (torch)
+        return
     if unbiased and running_var is not None and m <= 1:
         raise ValueError(f"the unbiased variance needs more than 1 value per channel (got m={m})")
     var_stored = None

@@ -115,7 +115,7 @@ def test_default_layer_still_matches_torch(rng):
         layer(x)
         ref(torch.from_numpy(x))
     np.testing.assert_allclose(layer.running_var, ref.running_var.numpy(), **TOL64)
-    assert repr(layer) == ("BatchNorm(3, eps=1e-05, momentum=0.1, affine=True, "
+    assert repr(layer) == ("BatchNorm(3, eps=1e-05, momentum=0.1, affine=True, bias=True, "
                            "track_running_stats=True, channel_axis=1)")
 
 

@@ -384,22 +384,83 @@ def test_cli_figure1_end_to_end(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().out
 
 
-def test_cli_register_a_subcommand():
+def test_cli_table_runs_a_command_with_defaults_from_its_experiment():
+    from bnkit.experiments.arguments import add_data_arguments, defaults
+
+    def experiment(data="mnist-5k", data_dir=None, depth=10):
+        return depth + (0 if data == "mnist-5k" else 100)
+
     def configure(parser):
-        cli.add_common_arguments(parser)
-        parser.add_argument("--depth", type=int, default=10)
+        add_data_arguments(parser, experiment)
+        parser.add_argument("--depth", type=int, default=defaults(experiment)["depth"])
 
-    @cli.register("dummy", "a test command", configure)
-    def run_dummy(args):
-        return args.depth + (0 if args.data == "mnist-5k" else 100)
+    table = {"dummy": cli.Command("a test command", configure,
+                                  lambda args: experiment(args.data, args.data_dir, args.depth))}
+    assert cli.main(["dummy", "--depth", "3"], commands=table) == 3
+    assert cli.main(["dummy"], commands=table) == 10
+    assert cli.main(["dummy", "--data", "fashion-mnist"], commands=table) == 110
+    assert "dummy" not in cli.COMMANDS  # the table is explicit: nothing registered itself
 
-    try:
-        assert cli.main(["dummy", "--depth", "3"]) == 3
-    finally:
-        del cli.COMMANDS["dummy"]
+
+def test_figure1_options_default_to_the_experiment_function():
+    from bnkit.experiments import figure1
+    from bnkit.experiments.arguments import defaults
+
+    d = defaults(figure1.run_figure1)
+    args = cli.build_parser().parse_args(["figure1"])
+    for name in ("steps", "batch_size", "lr", "init_std", "eval_every", "record_every", "seed", "seeds",
+                 "data", "resume", "progress"):
+        assert getattr(args, name) == d[name], name
+    assert str(args.out) == str(d["out"]) and d["steps"] == 50000 and d["seeds"] is None
+    with pytest.raises(SystemExit):  # one seed or several, not both
+        cli.build_parser().parse_args(["figure1", "--seed", "1", "--seeds", "0", "1"])
+
+
+def test_cli_figure1_with_seeds_writes_one_run_per_seed_and_a_summary(tmp_path, capsys):
+    import json
+
+    args = ["figure1", "--steps", "20", "--out", str(tmp_path), "--eval-every", "10", "--record-every", "10",
+            "--seeds", "0", "1", "2", "--no-progress"]
+    assert cli.main(args) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    for s in (0, 1, 2):
+        for net in ("plain", "bn"):
+            assert {f"figure1-mnist-5k-seed{s}-{net}.json", f"figure1-mnist-5k-seed{s}-{net}.npz"} <= names
+        assert f"figure1-mnist-5k-seed{s}.png" in names
+    assert {"figure1-mnist-5k-seeds.json", "figure1-mnist-5k-seeds.png"} <= names
+    summary = json.loads((tmp_path / "figure1-mnist-5k-seeds.json").read_text())
+    assert summary["settings"]["seeds"] == [0, 1, 2] and summary["settings"]["steps"] == 20
+    acc = {net: [] for net in ("plain", "bn")}
+    for s in (0, 1, 2):
+        for net in acc:
+            h = History.load(tmp_path / f"figure1-mnist-5k-seed{s}-{net}.npz")
+            assert h.config["train"]["seed"] == s and h.config["model"]["seed"] == s
+            run = summary["runs"][str(s)][net]
+            assert run["final_test_accuracy"] == h.final_accuracy
+            assert run["steps_to_90"] == h.steps_to(0.9) and run["steps_done"] == 20
+            acc[net].append(h.final_accuracy)
+    for net in acc:
+        stats = summary["summary"][net]["final_test_accuracy"]
+        np.testing.assert_allclose(stats["mean"], np.mean(acc[net]), rtol=1e-12)
+        np.testing.assert_allclose(stats["std"], np.std(acc[net], ddof=1), rtol=1e-12)
+        assert stats["min"] == min(acc[net]) and stats["max"] == max(acc[net])
+    assert len(set(acc["bn"])) > 1  # the seeds really differ
+    out = capsys.readouterr().out
+    assert "over 3 seeds" in out
+    # --resume: every seed's pair reused, the summary written again from them
+    assert cli.main(args + ["--resume"]) == 0
+    assert capsys.readouterr().out.count("reusing") == 6
+    assert json.loads((tmp_path / "figure1-mnist-5k-seeds.json").read_text()) == summary
+
+
+def test_figure1_seeds_must_be_distinct(tmp_path):
+    from bnkit.experiments.figure1 import run_figure1
+
+    with pytest.raises(ValueError, match="distinct"):
+        run_figure1(steps=1, seeds=[0, 0], out=tmp_path, progress=False)
 
 
 def test_python_dash_m_help():
     r = subprocess.run([sys.executable, "-m", "bnkit.experiments", "figure1", "--help"],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "--steps" in r.stdout and "--resume" in r.stdout
+    assert r.returncode == 0 and "--steps" in r.stdout and "--resume" in r.stdout and "--seeds" in r.stdout

@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnkit.experiments import mlp
-from bnkit.experiments.ics import (BatchNormNoise, NoisyBatchNorm1d, fixed_batch, frozen_noise, ics,
-                                   noise_hook, preserved_state, run_experiment, weight_layers)
+from bnkit.experiments.ics import ics
 from bnkit.experiments.landscape import landscape
+from bnkit.experiments.noise import BatchNormNoise, NoisyBatchNorm1d, frozen_noise, noise_hook
+from bnkit.experiments.probes import fixed_batch, preserved_state, weight_layers
+from bnkit.experiments.santurkar import run_experiment
 from bnkit.torch import BatchNorm1d
 
 
@@ -321,7 +323,7 @@ def test_run_experiment_rejects_unknown_names(rng):
 def test_cli_subcommands_run_end_to_end(tmp_path, capsys, command):
     from bnkit.experiments import cli
 
-    assert command in cli.COMMANDS  # registered by importing bnkit.experiments.ics / .landscape
+    assert command in cli.COMMANDS
     code = cli.main([command, "--steps", "4", "--every", "2", "--depth", "2",
                      "--out", str(tmp_path), "--no-progress"])
     assert code == 0

@@ -11,12 +11,17 @@ NCHW image) over the :math:`m` values the batch holds for it:
     y_{ic} = \gamma_c \hat x_{ic} + \beta_c .
 
 The input is viewed as an array of shape ``(A, C, B)``: ``A`` is the product
-of the axes before the channel axis, ``B`` the product of those after it.
-For NCHW that is ``(N, C, H*W)``; for channels-last NHWC it is ``(N*H*W, C, 1)``.
-The reductions run over axes 0 and 2 of that view, in blocks of rows that fit
+of the axes before the channel axis *in memory*, ``B`` the product of those
+after it. For NCHW that is ``(N, C, H*W)``; for channels-last NHWC it is
+``(N*H*W, C, 1)``, and for an NHWC view of NCHW memory (``np.moveaxis``) it
+is ``(N, C, H*W)`` again: an input whose axes are a permutation of a
+contiguous array's is read where it lies, without a copy, and the output is
+laid out like it; any other input is copied once. The reductions run over axes 0 and 2 of that view, in blocks of rows that fit
 in the CPU cache, so each element is read from memory as few times as
 possible; partial sums are accumulated in float64, so float32 inputs whose
-mean dwarfs their spread stay accurate.
+mean dwarfs their spread stay accurate. A block is computed in the input's
+dtype but at least float32, so float16 sums do not overflow; outputs come back
+in the input's dtype (the dtype policy is in :mod:`bnkit.numpy`).
 
 Counted in passes over memory (Chapter 9, :mod:`bnkit.roofline`): the
 training forward reads ``x`` twice (statistics, then normalizing) and writes
@@ -39,6 +44,7 @@ __all__ = [
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_eval_backward",
+    "batch_norm_training",
     "batch_statistics",
     "normalize",
     "update_running_stats",
@@ -56,16 +62,51 @@ def _as_float_array(x, name: str = "x") -> np.ndarray:
     return x
 
 
-def _channel_view(x: np.ndarray, axis: int) -> np.ndarray:
-    """View ``x`` as ``(A, C, B)`` with the channel axis in the middle."""
-    a = math.prod(x.shape[:axis])
-    b = math.prod(x.shape[axis + 1:])
-    return np.ascontiguousarray(x).reshape(a, x.shape[axis], b)
+def _compute_dtype(dtype) -> np.dtype:
+    """The dtype a block is computed in: the input's, but at least float32 (float16 -> float32).
+
+    float16 holds values up to 65504 with 11 significant bits: its sums and its
+    products with per-channel factors are formed in float32, like torch's "opmath" type.
+    """
+    return np.promote_types(dtype, np.float32)
+
+
+def _grad_dtype(x: np.ndarray, weight) -> np.dtype:
+    """A parameter gradient has the parameter's dtype (torch's rule); the input's without weight."""
+    return x.dtype if weight is None else np.asarray(weight).dtype
+
+
+def _memory_order(x: np.ndarray) -> Tuple[int, ...]:
+    """The axes of ``x`` from the outermost in memory to the innermost (decreasing strides)."""
+    return tuple(sorted(range(x.ndim), key=lambda i: -x.strides[i]))
+
+
+def _channel_view(x: np.ndarray, axis: int, order=None) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """``x`` as an ``(A, C, B)`` array with the channel axis in the middle, and the axis order.
+
+    The axes are taken in ``order`` (default: ``x``'s memory order), ``A`` being
+    the product of those before the channel axis and ``B`` of those after it;
+    the statistics do not depend on the order the values are visited in. No
+    copy is made when ``x`` is a contiguous array with its axes permuted (NCHW
+    memory seen as NHWC through ``np.moveaxis``, say), one otherwise.
+    """
+    if order is None:
+        order = _memory_order(x)
+    xt = np.ascontiguousarray(x.transpose(order))
+    p = order.index(axis)
+    return xt.reshape(math.prod(xt.shape[:p]), xt.shape[p], math.prod(xt.shape[p + 1:])), order
+
+
+def _from_channel_view(y3: np.ndarray, shape, order) -> np.ndarray:
+    """Inverse of :func:`_channel_view`: an ``(A, C, B)`` result as an array of ``shape``
+    (laid out in memory like the input it was computed from)."""
+    return y3.reshape(tuple(shape[i] for i in order)).transpose(np.argsort(order))
 
 
 def _blocks(x3: np.ndarray) -> List[slice]:
     """Slices of axis 0 of ``x3`` whose blocks are about ``_BLOCK_BYTES`` each."""
-    row_bytes = max(1, x3.shape[1] * x3.shape[2] * x3.itemsize)
+    itemsize = _compute_dtype(x3.dtype).itemsize   # float16 blocks are computed in float32
+    row_bytes = max(1, x3.shape[1] * x3.shape[2] * itemsize)
     step = max(1, _BLOCK_BYTES // row_bytes)
     return [slice(start, start + step) for start in range(0, x3.shape[0], step)]
 
@@ -86,17 +127,21 @@ def _row_dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _sum_ab(block: np.ndarray) -> np.ndarray:
     """Per-channel sum of an ``(a, C, b)`` block, returned in float64.
 
-    Within a cache-sized block the sum runs in the block's dtype (along the
-    contiguous axis first); blocks are then added in float64.
+    Within a cache-sized block the sum runs in the block's compute dtype (along
+    the contiguous axis first); blocks are then added in float64.
     """
+    dtype = _compute_dtype(block.dtype)
     if block.shape[2] == 1:
-        return block[:, :, 0].sum(axis=0).astype(np.float64)
-    ones = np.ones(block.shape[2], block.dtype)
+        return block[:, :, 0].sum(axis=0, dtype=dtype).astype(np.float64)
+    ones = np.ones(block.shape[2], dtype)
     return _row_dot(block, ones).sum(axis=0, dtype=np.float64)
 
 
 def _dot_ab(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Per-channel sum of ``u * v`` for two ``(a, C, b)`` blocks, returned in float64."""
+    """Per-channel sum of ``u * v`` for two ``(a, C, b)`` blocks, returned in float64.
+
+    Computed in the wider dtype of the two (callers pass at least one float32 block).
+    """
     if u.shape[2] == 1:
         return np.einsum("ac,ac->c", u[:, :, 0], v[:, :, 0]).astype(np.float64)
     return _row_dot(u, v).sum(axis=0, dtype=np.float64)
@@ -137,12 +182,13 @@ def batch_statistics(x, channel_axis: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     mean, var : ndarray of shape (C,), dtype of ``x``
-        Batch mean and biased batch variance of every channel.
+        Batch mean and biased batch variance of every channel; NaN for an
+        empty batch (no values, no statistics).
     """
     x = _as_float_array(x)
     _checks.check_input_rank(x.ndim)
     axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
-    mean, var = _statistics(_channel_view(x, axis))
+    mean, var = _statistics(_channel_view(x, axis)[0])
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -161,10 +207,12 @@ def _statistics(x3: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     digits, even when the mean dwarfs the spread.
     """
     m = x3.shape[0] * x3.shape[2]
+    if m == 0:                                          # an empty batch: no statistics
+        return np.full(x3.shape[1], np.nan), np.full(x3.shape[1], np.nan)
     blocks = _blocks(x3)
     first = x3[blocks[0]]
-    shift = (_sum_ab(first) / (first.shape[0] * first.shape[2])).astype(x3.dtype)
-    shift3 = shift.reshape(1, -1, 1)
+    shift = (_sum_ab(first) / (first.shape[0] * first.shape[2])).astype(_compute_dtype(x3.dtype))
+    shift3 = shift.reshape(1, -1, 1)                    # x - s is formed in the compute dtype
     s1 = s2 = 0.0
     for s in blocks:
         d = x3[s] - shift3
@@ -210,7 +258,13 @@ def normalize(x, mean, var, weight=None, bias=None, eps: float = 1e-5,
 
 def _normalize(x: np.ndarray, axis: int, mean: np.ndarray, var: np.ndarray,
                weight, bias, eps: float) -> np.ndarray:
-    x3 = _channel_view(x, axis)
+    x3, order = _channel_view(x, axis)
+    return _from_channel_view(_normalize3(x3, mean, var, weight, bias, eps), x.shape, order)
+
+
+def _normalize3(x3: np.ndarray, mean: np.ndarray, var: np.ndarray, weight, bias,
+                eps: float) -> np.ndarray:
+    """The normalize step on an ``(A, C, B)`` view; returns a new ``(A, C, B)`` array."""
     c = x3.shape[1]
     # y = gamma (x - mu) / sqrt(var + eps) + beta = x * scale + shift: two operations
     scale = 1.0 / np.sqrt(var + eps)
@@ -219,14 +273,20 @@ def _normalize(x: np.ndarray, axis: int, mean: np.ndarray, var: np.ndarray,
     shift = -mean * scale
     if bias is not None:
         shift = shift + np.asarray(bias, np.float64)
-    scale3 = _per_channel(scale, c, x.dtype)
-    shift3 = _per_channel(shift, c, x.dtype)
+    dtype = _compute_dtype(x3.dtype)
+    scale3 = _per_channel(scale, c, dtype)
+    shift3 = _per_channel(shift, c, dtype)
     y3 = np.empty_like(x3)
     for s in _blocks(x3):
-        out = y3[s]
-        np.multiply(x3[s], scale3, out=out)
-        out += shift3
-    return y3.reshape(x.shape)
+        if dtype == x3.dtype:
+            out = y3[s]
+            np.multiply(x3[s], scale3, out=out)
+            out += shift3
+        else:                               # float16: x * a + b in float32, rounded once
+            t = x3[s] * scale3
+            t += shift3
+            y3[s] = t
+    return y3
 
 
 def update_running_stats(running_mean, running_var, mean, var, m: int,
@@ -268,14 +328,17 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     In training mode :math:`\mu, \sigma^2` are the batch mean and *biased*
     batch variance of each channel, and ``running_mean``/``running_var`` (when
     given) are updated in place with :func:`update_running_stats`. In eval mode
-    the running statistics are used and nothing is updated.
+    the running statistics are used and nothing is updated. An empty batch
+    (a zero-size axis, e.g. N = 0 at the end of a sharded dataset) gives an
+    empty output and leaves the running statistics as they are, as in PyTorch.
 
     Parameters
     ----------
     x : ndarray of shape (N, C, ...)
-        Floating-point input of rank >= 2 (float32 stays float32).
+        Floating-point input of rank >= 2 (float16 and float32 stay what they are).
     running_mean, running_var : ndarray of shape (C,), optional
-        Running statistics; required in eval mode, updated in training mode.
+        Running statistics; required in eval mode, updated in place (in their
+        own dtype) in training mode.
     weight, bias : array_like of shape (C,), optional
         :math:`\gamma` and :math:`\beta`; ``None`` means 1 and 0.
     training : bool, default False
@@ -318,15 +381,65 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
                    weight=weight, bias=bias)
     if training:
         _checks.check_training_batch(x.shape, axis)
-        mean, var = _statistics(_channel_view(x, axis))
-        y = _normalize(x, axis, mean, var, weight, bias, eps)
-        update_running_stats(running_mean, running_var, mean, var, x.size // c, momentum)
+        y, mean, var = _batch_norm_training(x, axis, weight, bias, eps)
+        update_running_stats(running_mean, running_var, mean, var,
+                             _values_per_channel(x.shape, axis), momentum)
         return y
     if running_mean is None or running_var is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var; "
                          "pass training=True to normalize with batch statistics")
     return _normalize(x, axis, np.asarray(running_mean, np.float64),
                       np.asarray(running_var, np.float64), weight, bias, eps)
+
+
+def batch_norm_training(x, weight=None, bias=None, eps: float = 1e-5, channel_axis: int = 1):
+    r"""Training-mode batch normalization that also returns the batch statistics it used.
+
+    The computation of :func:`batch_norm` with ``training=True``, without the
+    running statistics: a layer that keeps its own (in another convention, say)
+    updates them from the returned ``mean`` and ``var``, which are the float64
+    sums before any rounding to the input's dtype.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C, ...)
+        Floating-point input of rank >= 2.
+    weight, bias : array_like of shape (C,), optional
+        :math:`\gamma` and :math:`\beta`; ``None`` means 1 and 0.
+    eps : float > 0, default 1e-5
+    channel_axis : int, default 1
+
+    Returns
+    -------
+    y : ndarray, same shape and dtype as ``x``
+    mean, var : ndarray of shape (C,), float64
+        The batch mean and biased batch variance; NaN for an empty batch.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`batch_norm` in training mode.
+    """
+    x = _as_float_array(x)
+    _checks.check_input_rank(x.ndim)
+    _checks.check_eps(eps)
+    axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
+    _check_vectors(x.shape[axis], weight=weight, bias=bias)
+    _checks.check_training_batch(x.shape, axis)
+    return _batch_norm_training(x, axis, weight, bias, eps)
+
+
+def _batch_norm_training(x: np.ndarray, axis: int, weight, bias, eps: float):
+    """(y, float64 mean, float64 biased var) of checked arguments; ``x`` viewed once."""
+    x3, order = _channel_view(x, axis)
+    mean, var = _statistics(x3)
+    y3 = _normalize3(x3, mean, var, weight, bias, eps)
+    return _from_channel_view(y3, x.shape, order), mean, var
+
+
+def _values_per_channel(shape, axis: int) -> int:
+    """m: how many values each channel holds (0 for an empty batch)."""
+    return math.prod(d for i, d in enumerate(shape) if i != axis)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -362,9 +475,11 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
     Returns
     -------
     grad_x : ndarray, same shape and dtype as ``x``
-    grad_weight, grad_bias : ndarray of shape (C,), dtype of ``x``
-        Returned even when ``weight`` is ``None`` (then they are what the
-        gradients of a weight of ones and a bias of zeros would be).
+    grad_weight, grad_bias : ndarray of shape (C,)
+        In the dtype of ``weight`` (a gradient has its parameter's dtype, as in
+        torch), of ``x`` when ``weight`` is ``None``; then they are what the
+        gradients of a weight of ones and a bias of zeros would be. Zeros for
+        an empty batch, as in PyTorch.
     """
     x = _as_float_array(x)
     grad_y = _as_float_array(grad_y, "grad_y")
@@ -376,13 +491,17 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
     c = x.shape[axis]
     _check_vectors(c, weight=weight)
     _checks.check_training_batch(x.shape, axis)
+    if x.size == 0:          # an empty batch: an empty gradient, sums over nothing are 0
+        return np.empty_like(x), np.zeros(c, _grad_dtype(x, weight)), np.zeros(
+            c, _grad_dtype(x, weight))
 
-    x3 = _channel_view(x, axis)
-    g3 = _channel_view(grad_y.astype(x.dtype, copy=False), axis)
+    x3, order = _channel_view(x, axis)
+    g3, _ = _channel_view(grad_y.astype(x.dtype, copy=False), axis, order)
     m = x3.shape[0] * x3.shape[2]
     mean, var = _statistics(x3)
     invstd = 1.0 / np.sqrt(var + eps)
-    mean3 = _per_channel(mean, c, x.dtype)
+    dtype = _compute_dtype(x.dtype)
+    mean3 = _per_channel(mean, c, dtype)
 
     sum_g = np.zeros(c)
     sum_g_xc = np.zeros(c)                  # sum of g * (x - mu)
@@ -397,14 +516,22 @@ def batch_norm_backward(grad_y, x, weight=None, eps: float = 1e-5,
     k = gamma * invstd
     c_x = -k * invstd * sum_g_xhat / m
     c_0 = -k * sum_g / m - c_x * mean
-    k3, c_x3, c_03 = (_per_channel(v, c, x.dtype) for v in (k, c_x, c_0))
+    k3, c_x3, c_03 = (_per_channel(v, c, dtype) for v in (k, c_x, c_0))
     grad_x3 = np.empty_like(x3)
     for s in _blocks(x3):
-        out = grad_x3[s]
-        np.multiply(x3[s], c_x3, out=out)
-        out += c_03
-        out += k3 * g3[s]
-    return (grad_x3.reshape(x.shape), sum_g_xhat.astype(x.dtype), sum_g.astype(x.dtype))
+        if dtype == x.dtype:
+            out = grad_x3[s]
+            np.multiply(x3[s], c_x3, out=out)
+            out += c_03
+            out += k3 * g3[s]
+        else:                               # float16: formed in float32, rounded once
+            t = x3[s] * c_x3
+            t += c_03
+            t += k3 * g3[s]
+            grad_x3[s] = t
+    gdt = _grad_dtype(x, weight)
+    return (_from_channel_view(grad_x3, x.shape, order), sum_g_xhat.astype(gdt),
+            sum_g.astype(gdt))
 
 
 def batch_norm_eval_backward(grad_y, x, running_mean, running_var, weight=None,
@@ -432,12 +559,14 @@ def batch_norm_eval_backward(grad_y, x, running_mean, running_var, weight=None,
     axis = _checks.normalize_channel_axis(channel_axis, x.ndim)
     c = x.shape[axis]
     _check_vectors(c, running_mean=running_mean, running_var=running_var, weight=weight)
-    x3 = _channel_view(x, axis)
-    g3 = _channel_view(grad_y.astype(x.dtype, copy=False), axis)
+    x3, order = _channel_view(x, axis)
+    g3, _ = _channel_view(grad_y.astype(x.dtype, copy=False), axis, order)
     invstd = 1.0 / np.sqrt(np.asarray(running_var, np.float64) + eps)
     gamma = np.ones(c) if weight is None else np.asarray(weight, np.float64)
-    xhat3 = (x3 - _per_channel(running_mean, c, x.dtype)) * _per_channel(invstd, c, x.dtype)
-    grad_x3 = g3 * _per_channel(gamma * invstd, c, x.dtype)
-    return (grad_x3.reshape(x.shape), _dot_ab(g3, xhat3).astype(x.dtype),
-            _sum_ab(g3).astype(x.dtype))
+    dtype = _compute_dtype(x.dtype)
+    xhat3 = (x3 - _per_channel(running_mean, c, dtype)) * _per_channel(invstd, c, dtype)
+    grad_x3 = (g3 * _per_channel(gamma * invstd, c, dtype)).astype(x.dtype, copy=False)
+    gdt = _grad_dtype(x, weight)
+    return (_from_channel_view(grad_x3, x.shape, order), _dot_ab(g3, xhat3).astype(gdt),
+            _sum_ab(g3).astype(gdt))
 

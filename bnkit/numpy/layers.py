@@ -2,6 +2,7 @@ r"""A stateful NumPy batch-norm layer: a thin wrapper over :mod:`bnkit.numpy.fun
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Dict, Optional
 
 import numpy as np
@@ -25,6 +26,11 @@ class BatchNorm:
     stored); in eval mode the running statistics are used. It also
     back-propagates: :meth:`backward` after :meth:`forward`.
 
+    An empty batch (a zero-size axis, e.g. N = 0) gives an empty output; in
+    training it leaves the running statistics as they are but still counts in
+    ``num_batches_tracked``, and the weight and bias gradients are zeros: all
+    as in PyTorch 2.13.
+
     Parameters
     ----------
     num_features : int
@@ -45,8 +51,10 @@ class BatchNorm:
     channel_axis : int, default 1
         1 for (N, C, ...) inputs, -1 for channels-last (N, ..., C).
     dtype : numpy dtype, default float64
-        Dtype of the parameters and running statistics. Inputs keep their own
-        dtype: a float32 input gives a float32 output.
+        Dtype of the parameters, their gradients and the running statistics.
+        Inputs keep their own dtype: a float16 or float32 input gives an output
+        of its dtype, its statistics summed in float32 or wider and updating the
+        running statistics in this dtype (the dtype policy of :mod:`bnkit.numpy`).
     momentum_convention : {"torch", "keras"}, default "torch"
         How ``momentum`` is read; see :mod:`bnkit.conventions`. A Keras-convention
         layer with ``momentum=m`` keeps the same running mean as a PyTorch-convention
@@ -55,6 +63,10 @@ class BatchNorm:
         Store the unbiased batch variance :math:`\frac{m}{m-1}\sigma^2_\mathcal{B}`
         in ``running_var`` (True, PyTorch) or the biased :math:`\sigma^2_\mathcal{B}`
         (False, Keras 3). ``None``: the convention's own choice.
+    bias : bool, default True, keyword-only
+        With ``affine``, also learn :math:`\beta`; ``affine=True, bias=False``
+        learns a scale :math:`\gamma` and no shift (``bias`` is ``None`` and
+        absent from the state dict), as torch 2.13's ``BatchNorm*d(..., bias=False)``.
 
     Shape
     -----
@@ -75,7 +87,7 @@ class BatchNorm:
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, channel_axis: int = 1,
                  dtype=np.float64, momentum_convention: str = "torch",
-                 unbiased_running_var: Optional[bool] = None):
+                 unbiased_running_var: Optional[bool] = None, *, bias: bool = True):
         _checks.check_positive_int("num_features", num_features)
         _checks.check_eps(eps)
         _checks.check_momentum(momentum, allow_none=True)
@@ -94,7 +106,7 @@ class BatchNorm:
         self.channel_axis = channel_axis
         self.training = True
         self.weight = np.ones(num_features, dtype) if affine else None
-        self.bias = np.zeros(num_features, dtype) if affine else None
+        self.bias = np.zeros(num_features, dtype) if affine and bias else None
         self.grad_weight = None
         self.grad_bias = None
         if track_running_stats:
@@ -127,31 +139,33 @@ class BatchNorm:
         leaves the running statistics and ``num_batches_tracked`` as they were.
         """
         x = F._as_float_array(x)
-        axis = self._check_call(x)
+        axis = self._check_call(x)          # the functions check the rest before computing
         batch_stats = self._uses_batch_stats
         if batch_stats:
-            mean, var = F.batch_statistics(x, axis)
+            y, mean, var = F.batch_norm_training(x, self.weight, self.bias, self.eps, axis)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var, x.size // self.num_features)
         else:
-            mean, var = self.running_mean, self.running_var
-        y = F.normalize(x, mean, var, self.weight, self.bias, self.eps, axis)
-        if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var, x.size // x.shape[axis])
+            y = F.normalize(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.eps, axis)
         self._cache = (x, axis, batch_stats)
         return y
 
     __call__ = forward
 
     def _check_call(self, x: np.ndarray) -> int:
-        """All of :meth:`forward`'s checks; returns the non-negative channel axis."""
+        """The layer's own checks; returns the non-negative channel axis.
+
+        The input's rank and dtype, ``eps``, ``weight``, ``bias`` and the batch
+        size are checked by the function :meth:`forward` calls, before it
+        computes anything; nothing changes before both have passed.
+        """
         _checks.check_input_rank(x.ndim)
         axis = _checks.normalize_channel_axis(self.channel_axis, x.ndim)
         _checks.check_channel_vector("input channels", (x.shape[axis],), self.num_features)
-        _checks.check_eps(self.eps)
         _checks.check_momentum(self.momentum, allow_none=True)
-        F._check_vectors(x.shape[axis], weight=self.weight, bias=self.bias,
-                         running_mean=self.running_mean, running_var=self.running_var)
-        if self._uses_batch_stats:
-            _checks.check_training_batch(x.shape, axis)
+        F._check_vectors(x.shape[axis], running_mean=self.running_mean,
+                         running_var=self.running_var)
         return axis
 
     def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
@@ -168,7 +182,7 @@ class BatchNorm:
         r"""Back-propagate :math:`\partial L/\partial y` through the last :meth:`forward`.
 
         Returns :math:`\partial L/\partial x` and stores ``grad_weight`` and
-        ``grad_bias`` (``None`` when ``affine=False``). The gradient is the
+        ``grad_bias`` (``None`` for a parameter the layer does not have). The gradient is the
         training-mode one when the forward used batch statistics, the eval-mode
         one (statistics are constants) otherwise.
         """
@@ -181,16 +195,25 @@ class BatchNorm:
             gx, gw, gb = F.batch_norm_eval_backward(grad_y, x, self.running_mean,
                                                     self.running_var, self.weight, self.eps,
                                                     axis)
-        if self.affine:
-            self.grad_weight, self.grad_bias = gw, gb
+        self.grad_weight = gw if self.weight is not None else None
+        self.grad_bias = gb if self.bias is not None else None
         return gx
 
     # ------------------------------------------------------------------ state
+    #: The state-dict format, torch's ``_NormBase._version``: version 2 added
+    #: ``num_batches_tracked`` (torch 0.4.1).
+    _version = 2
+
     def state_dict(self) -> Dict[str, np.ndarray]:
-        """Copies of the parameters and buffers, under PyTorch's keys."""
-        state = {}
-        if self.affine:
+        """Copies of the parameters and buffers, under PyTorch's keys.
+
+        An ordered dict which, like torch's, carries ``_metadata = {"": {"version": 2}}``.
+        """
+        state = OrderedDict()
+        state._metadata = OrderedDict([("", {"version": self._version})])
+        if self.weight is not None:
             state["weight"] = self.weight.copy()
+        if self.bias is not None:
             state["bias"] = self.bias.copy()
         if self.track_running_stats:
             state["running_mean"] = self.running_mean.copy()
@@ -202,22 +225,40 @@ class BatchNorm:
         """Load a state dict (NumPy arrays or torch tensors), checking keys and shapes.
 
         The keys must be exactly those :meth:`state_dict` gives (a torch
-        ``BatchNorm*d``'s state dict with the same ``affine`` and
-        ``track_running_stats`` fits). Nothing is changed if a check fails.
+        ``BatchNorm*d``'s state dict with the same ``affine``, ``bias`` and
+        ``track_running_stats`` fits), with one exception taken from torch's
+        ``_NormBase._load_from_state_dict``: a state dict older than version 2
+        (``state_dict._metadata[""]["version"] < 2``, or no version at all, as
+        in a plain dict) may lack ``num_batches_tracked``, which then keeps the
+        layer's current value (0 for a fresh layer).
+
+        The values are copied into arrays of the layer's dtypes (a float32
+        checkpoint loaded into a float64 layer stays float64), as torch copies
+        into its existing tensors. Nothing is changed if a check fails.
         """
-        expected = set(self.state_dict())
-        got = set(state_dict)
+        state = dict(state_dict)
+        version = (getattr(state_dict, "_metadata", None) or {}).get("", {}).get("version")
+        if ((version is None or version < 2) and self.track_running_stats
+                and "num_batches_tracked" not in state):
+            state["num_batches_tracked"] = self.num_batches_tracked
+        current = self.state_dict()
+        expected, got = set(current), set(state)
         if got != expected:
             missing, unexpected = sorted(expected - got), sorted(got - expected)
+            hint = ("; a checkpoint saved before num_batches_tracked existed loads when its "
+                    "version is < 2 or absent, as in torch"
+                    if missing == ["num_batches_tracked"] else "")
             raise KeyError(f"state dict keys do not match: missing {missing}, "
-                           f"unexpected {unexpected}")
-        arrays = {k: np.array(_to_numpy(v), copy=True) for k, v in state_dict.items()}
-        for k, v in arrays.items():
+                           f"unexpected {unexpected}{hint}")
+        arrays = {}
+        for k, v in state.items():
+            v = np.asarray(_to_numpy(v))
             want = () if k == "num_batches_tracked" else (self.num_features,)
             if v.shape != want:
                 raise ValueError(f"{k} has shape {v.shape}, expected {want}")
+            arrays[k] = int(v) if k == "num_batches_tracked" else v.astype(current[k].dtype)
         for k, v in arrays.items():
-            setattr(self, k, int(v) if k == "num_batches_tracked" else v)
+            setattr(self, k, v)
 
     def __repr__(self) -> str:
         extra = ""
@@ -225,7 +266,8 @@ class BatchNorm:
             extra = (f", momentum_convention={self.momentum_convention!r}, "
                      f"unbiased_running_var={self.unbiased_running_var}")
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}, "
                 f"channel_axis={self.channel_axis}{extra})")
 
 

@@ -141,7 +141,13 @@ def _shape_of(v):
 
 # ----------------------------------------------------------------------------- row kernels
 def _row_statistics(x2: np.ndarray, eps: float) -> Tuple[np.ndarray, np.ndarray]:
-    """float64 mean and ``1/sqrt(var + eps)`` of every row of ``x2`` (shape (R, M)), shape (R, 1)."""
+    """float64 mean and ``1/sqrt(var + eps)`` of every row of ``x2`` (shape (R, M)), shape (R, 1).
+
+    Rows of no values (``M = 0``, an empty spatial axis) get mean 0 and
+    ``invstd`` 1: they normalize nothing, and every sum over them is 0.
+    """
+    if x2.shape[1] == 0:
+        return np.zeros((x2.shape[0], 1)), np.ones((x2.shape[0], 1))
     mean = x2.mean(axis=1, keepdims=True, dtype=np.float64)
     centered = x2 - mean                                        # float64
     var = np.einsum("rm,rm->r", centered, centered)[:, None] / x2.shape[1]
@@ -151,6 +157,8 @@ def _row_statistics(x2: np.ndarray, eps: float) -> Tuple[np.ndarray, np.ndarray]
 def _row_input_gradient(g_hat2: np.ndarray, xhat2: np.ndarray, invstd: np.ndarray) -> np.ndarray:
     """Per row: ``invstd * (g_hat - mean(g_hat) - xhat * mean(g_hat * xhat))`` (float64)."""
     m = g_hat2.shape[1]
+    if m == 0:                                                  # rows of no values
+        return np.zeros(g_hat2.shape)
     mean_g = g_hat2.sum(axis=1, keepdims=True) / m
     mean_gx = np.einsum("rm,rm->r", g_hat2, xhat2)[:, None] / m
     return invstd * (g_hat2 - mean_g - xhat2 * mean_gx)
@@ -267,7 +275,14 @@ def layer_norm_backward(grad_y, x, normalized_shape: ShapeLike, weight=None,
 # ----------------------------------------------------------------------------- group norm
 def _group_view(x: np.ndarray) -> np.ndarray:
     """``x`` of shape (N, C, ...) as (N, C, S), S the product of the spatial axes."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+
+
+def _group_rows(x3: np.ndarray, num_groups: int) -> np.ndarray:
+    """An (N, C, S) array as (N G, (C/G) S): one row per example and group (sizes explicit,
+    so an empty batch reshapes too)."""
+    n, c, size = x3.shape
+    return x3.reshape(n * num_groups, (c // num_groups) * size)
 
 
 def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> np.ndarray:
@@ -318,10 +333,11 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5) ->
     """
     x = _as_float_array(x)
     _check_group_norm(x.shape, num_groups, _shape_of(weight), _shape_of(bias), eps)
-    n, c = x.shape[:2]
+    c = x.shape[1]
     x3 = _group_view(x)
-    mean, invstd = _row_statistics(x3.reshape(n * num_groups, -1), eps)
-    y3 = ((x3.reshape(n * num_groups, -1) - mean) * invstd).reshape(x3.shape)
+    x2 = _group_rows(x3, num_groups)
+    mean, invstd = _row_statistics(x2, eps)
+    y3 = ((x2 - mean) * invstd).reshape(x3.shape)
     if weight is not None:
         y3 *= np.asarray(weight, np.float64).reshape(1, c, 1)
     if bias is not None:
@@ -364,14 +380,15 @@ def group_norm_backward(grad_y, x, num_groups: int, weight=None, eps: float = 1e
     x = _as_float_array(x)
     grad_y = _check_grad(grad_y, x)
     _check_group_norm(x.shape, num_groups, _shape_of(weight), None, eps)
-    n, c = x.shape[:2]
-    rows = n * num_groups
+    c = x.shape[1]
     x3 = _group_view(x)
     g3 = _group_view(grad_y).astype(np.float64)
-    mean, invstd = _row_statistics(x3.reshape(rows, -1), eps)
-    xhat3 = ((x3.reshape(rows, -1) - mean) * invstd).reshape(x3.shape)
+    x2 = _group_rows(x3, num_groups)
+    mean, invstd = _row_statistics(x2, eps)
+    xhat3 = ((x2 - mean) * invstd).reshape(x3.shape)
     g_hat3 = g3 if weight is None else g3 * np.asarray(weight, np.float64).reshape(1, c, 1)
-    grad_x = _row_input_gradient(g_hat3.reshape(rows, -1), xhat3.reshape(rows, -1), invstd)
+    grad_x = _row_input_gradient(_group_rows(g_hat3, num_groups),
+                                 _group_rows(xhat3, num_groups), invstd)
     grad_weight = np.einsum("ncs,ncs->c", g3, xhat3)
     grad_bias = g3.sum(axis=(0, 2))
     return (grad_x.reshape(x.shape).astype(x.dtype, copy=False), grad_weight.astype(x.dtype),
@@ -539,10 +556,11 @@ class GroupNorm(_PerExampleNorm):
     affine : bool, default True
         Learn :math:`\gamma` (``weight``, ones of shape (C,)) and :math:`\beta`
         (``bias``, zeros).
-    bias : bool, default True
-        With ``affine``, also learn :math:`\beta` (False: ``weight`` only).
     dtype : numpy dtype, default float64
         Of the parameters. Inputs keep their own dtype.
+    bias : bool, default True, keyword-only
+        With ``affine``, also learn :math:`\beta` (False: ``weight`` only), as
+        torch 2.13's ``GroupNorm(..., bias=False)``.
 
     Shape
     -----
@@ -558,7 +576,7 @@ class GroupNorm(_PerExampleNorm):
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
-                 affine: bool = True, bias: bool = True, dtype=np.float64):
+                 affine: bool = True, dtype=np.float64, *, bias: bool = True):
         _checks.check_positive_int("num_channels", num_channels)
         _check_num_groups(num_groups, num_channels)
         _checks.check_eps(eps)
