@@ -16,19 +16,18 @@ from typing import Optional
 
 import numpy as np
 
-from ..plotting import COLORS
+from .figures import NET_COLORS, net_color
 from .sweeps import Sweep
 
 __all__ = ["network_color", "plot_sweep_seeds", "plot_band"]
 
-_NETWORK_COLORS = {"plain": COLORS["blue"], "BN": COLORS["vermillion"], "bn": COLORS["vermillion"],
-                   "BN before": COLORS["vermillion"], "BN after": COLORS["purple"], "noisy BN": COLORS["green"]}
-_CYCLE = ("blue", "vermillion", "green", "orange", "purple", "sky", "black")
+#: Other names of the networks of :data:`~bnkit.experiments.figures.NET_COLORS` (the command line's ``bn``).
+_ALIASES = {"bn": NET_COLORS["BN"], "BN before": NET_COLORS["BN"]}
 
 
 def network_color(label: str, i: int = 0) -> str:
-    """The book's colour of a network (``plain`` blue, ``BN`` vermillion, ...); else the i-th colour of the cycle."""
-    return _NETWORK_COLORS.get(label, COLORS[_CYCLE[i % len(_CYCLE)]])
+    """The book's colour of a network (:func:`~bnkit.experiments.figures.net_color`), ``bn`` and ``BN before`` as ``BN``."""
+    return net_color(label, i, _ALIASES)
 
 
 def _axes(ax, figsize=(6.4, 4.0)):
