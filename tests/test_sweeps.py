@@ -6,7 +6,7 @@ import torch
 
 from bnkit.data import load_mnist_5k
 from bnkit.experiments import mlp, train
-from bnkit.experiments.sweeps import Run, Sweep, run_seeds, sweep
+from bnkit.experiments.sweeps import Run, Sweep, WorkerPool, run_seeds, sweep
 
 SIZES = (784, 16, 12, 10)
 
@@ -60,6 +60,20 @@ def test_worker_processes_give_identical_results(tiny_data):
     for label in runs:
         for a, b in zip(here[label], there[label]):
             assert_same_history(a, b)
+    # a pool kept for several calls: the same histories, and a sweep through it too
+    nets = {"BN": {"sizes": SIZES, "batch_norm": True}}
+    with WorkerPool(tiny_data, processes=2) as pool:
+        pooled = run_seeds(runs, tiny_data, seeds=(0, 1), pool=pool)
+        s_pool = sweep("lr", [0.1, 1.0], nets, tiny_data, steps=10, seeds=(0, 1), pool=pool,
+                       train_options={"batch_size": 20})
+        with pytest.raises(ValueError, match="other data"):
+            run_seeds(runs, dict(tiny_data), seeds=(0,), pool=pool)
+    for label in runs:
+        for a, b in zip(here[label], pooled[label]):
+            assert_same_history(a, b)
+    s_here = sweep("lr", [0.1, 1.0], nets, tiny_data, steps=10, seeds=(0, 1), train_options={"batch_size": 20})
+    np.testing.assert_array_equal(s_pool.accuracy, s_here.accuracy)
+    np.testing.assert_array_equal(s_pool.weight_norm, s_here.weight_norm)
 
 
 def test_sweep_routes_the_parameter_and_collects_final_accuracy(tiny_data):
@@ -130,6 +144,10 @@ def test_bad_arguments(tiny_data):
         run_seeds(run, tiny_data, seeds=(1,), processes=0)
     with pytest.raises(TypeError, match="must be a Run"):
         run_seeds({"a": {"steps": 1}}, tiny_data)
+    with pytest.raises(TypeError, match="pool must be a WorkerPool"):
+        run_seeds(run, tiny_data, seeds=(1,), pool=2)
+    with pytest.raises(ValueError, match="processes"):
+        WorkerPool(tiny_data, processes=0)
     with pytest.raises(ValueError, match="param must be"):
         sweep("momentumm", [0.1], {"a": {}}, tiny_data, steps=1)
     with pytest.raises(ValueError, match="is swept"):

@@ -9,9 +9,15 @@ stay fixed.
   :func:`~bnkit.experiments.models.mlp` and of
   :func:`~bnkit.experiments.training.train`, without the seed.
 * :func:`run_seeds` -- every setting once per seed; the runs are independent,
-  so they can be spread over worker processes (``processes=2``). Each run is
-  single-threaded and seeded, so the results do not depend on the number of
-  processes.
+  so they can be spread over worker processes (``processes=2``, or a
+  :class:`WorkerPool` kept for several calls). Each run is single-threaded and
+  seeded, so the results do not depend on the number of processes.
+* :class:`WorkerPool` -- worker processes that load the data once and serve
+  every :func:`run_seeds` and :func:`sweep` call they are given; starting
+  workers (each imports torch) costs seconds, so a chapter starts them once.
+
+The workers are started with ``spawn``: in a script, call these functions under
+``if __name__ == "__main__":``, as :mod:`multiprocessing` requires.
 * :func:`sweep` -- one setting (``"lr"``, ``"init_std"``, ...) swept over
   values, for several networks and seeds: a :class:`Sweep` holding the final
   test accuracy of every run, with per-cell :class:`~bnkit.stats.Spread`,
@@ -33,7 +39,7 @@ from ..stats import Spread, spread
 from .models import MLP, mlp
 from .training import History, as_tensors, train
 
-__all__ = ["Run", "run_seeds", "Sweep", "sweep", "MODEL_OPTIONS", "TRAIN_OPTIONS"]
+__all__ = ["Run", "WorkerPool", "run_seeds", "Sweep", "sweep", "MODEL_OPTIONS", "TRAIN_OPTIONS"]
 
 #: Arguments of :func:`mlp` a :class:`Run` may set (``seed`` comes from the seed list).
 MODEL_OPTIONS = tuple(p for p in inspect.signature(mlp).parameters if p != "seed")
@@ -88,8 +94,50 @@ def _train_one(job: Tuple[Run, int, bool], tensors=None) -> Tuple[History, Optio
     return history, (model if keep_model else None)
 
 
+class WorkerPool:
+    """``processes`` worker processes holding ``data``, for several :func:`run_seeds` / :func:`sweep` calls.
+
+    Use it as a context manager, or call :meth:`close` when done. The workers
+    are started with ``spawn`` (which works in notebooks and on every OS) and
+    receive ``data`` once, when they start.
+
+    Parameters
+    ----------
+    data : as for :func:`run_seeds`; the calls that use this pool must pass
+        the same object.
+    processes : int >= 1
+    """
+
+    def __init__(self, data, processes: int = 2):
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise ValueError(f"processes must be a positive int, got {processes!r}")
+        self.data, self.processes = data, processes
+        self._executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(data,))
+
+    def map(self, jobs: Sequence[Tuple[Run, int, bool]]) -> List[Tuple[History, Optional[MLP]]]:
+        """Train each ``(run, seed, keep_model)`` job: ``(History, trained model or None)`` in order.
+
+        A worker that dies raises ``BrokenProcessPool``.
+        """
+        return list(self._executor.map(_train_one, jobs))
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        self._executor.shutdown()
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WorkerPool(processes={self.processes})"
+
+
 def run_seeds(runs: Mapping[str, Run], data, seeds: Sequence[int] = (0, 1, 2), processes: int = 1,
-              return_models: bool = False):
+              return_models: bool = False, pool: Optional[WorkerPool] = None):
     """Train every setting of ``runs`` once per seed.
 
     Parameters
@@ -104,6 +152,8 @@ def run_seeds(runs: Mapping[str, Run], data, seeds: Sequence[int] = (0, 1, 2), p
         notebooks and on every OS). Each run uses one thread either way, so the
         results are identical.
     return_models : also return the trained networks.
+    pool : a :class:`WorkerPool` made with this same ``data`` to run in
+        (then ``processes`` is not used).
 
     Returns
     -------
@@ -121,14 +171,18 @@ def run_seeds(runs: Mapping[str, Run], data, seeds: Sequence[int] = (0, 1, 2), p
             raise TypeError(f"runs[{label!r}] must be a Run, got {type(run).__name__}")
     keys = [(label, s) for label in runs for s in seeds]
     jobs = [(runs[label], s, return_models) for label, s in keys]
-    if processes == 1 or len(jobs) == 1:
+    if pool is not None:
+        if not isinstance(pool, WorkerPool):
+            raise TypeError(f"pool must be a WorkerPool, got {type(pool).__name__}")
+        if pool.data is not data:
+            raise ValueError("pool holds other data: make the WorkerPool with the data passed here")
+        results = pool.map(jobs)
+    elif processes == 1 or len(jobs) == 1:
         tensors = as_tensors(data)
         results = [_train_one(job, tensors) for job in jobs]
     else:
-        # a failing worker raises BrokenProcessPool here instead of hanging (as multiprocessing.Pool can)
-        with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(data,)) as pool:
-            results = list(pool.map(_train_one, jobs))
+        with WorkerPool(data, min(processes, len(jobs))) as own:
+            results = own.map(jobs)
     histories: Dict[str, List[History]] = {label: [] for label in runs}
     models: Dict[str, List[MLP]] = {label: [] for label in runs}
     for (label, _), (history, model) in zip(keys, results):
@@ -228,7 +282,7 @@ class Sweep:
 
 def sweep(param: str, values: Sequence[float], networks: Mapping[str, Mapping[str, Any]], data,
           steps: int, seeds: Sequence[int] = (0, 1, 2), processes: int = 1,
-          train_options: Optional[Mapping[str, Any]] = None) -> Sweep:
+          train_options: Optional[Mapping[str, Any]] = None, pool: Optional[WorkerPool] = None) -> Sweep:
     """Train every network at every value of ``param``, once per seed; keep the final test accuracy.
 
     Parameters
@@ -241,7 +295,7 @@ def sweep(param: str, values: Sequence[float], networks: Mapping[str, Mapping[st
         ``param`` and ``seed``), e.g. ``{"plain": {"batch_norm": False}}``.
     data : as for :func:`run_seeds`.
     steps : SGD steps per run; the test accuracy is measured once, at the end.
-    seeds, processes : as for :func:`run_seeds`.
+    seeds, processes, pool : as for :func:`run_seeds`.
     train_options : further arguments of :func:`train` (e.g. ``{"lr": 0.1}``),
         the same for every run.
 
@@ -268,7 +322,7 @@ def sweep(param: str, values: Sequence[float], networks: Mapping[str, Mapping[st
             m, t = dict(model), dict(base_train)
             (m if where == "model" else t)[param] = v
             runs[f"{label}|{v!r}"] = Run(model=m, train=t)
-    histories, models = run_seeds(runs, data, seeds=seeds, processes=processes, return_models=True)
+    histories, models = run_seeds(runs, data, seeds=seeds, processes=processes, return_models=True, pool=pool)
     labels, seeds = tuple(networks), tuple(int(s) for s in seeds)
     acc = np.array([[[h.final_accuracy for h in histories[f"{n}|{v!r}"]] for v in values] for n in labels])
     div = np.array([[[h.diverged for h in histories[f"{n}|{v!r}"]] for v in values] for n in labels])
