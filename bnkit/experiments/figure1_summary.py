@@ -69,7 +69,7 @@ def figure1_metrics(history: History, last_window: int = 10_000, early: int = 10
 
     Parameters
     ----------
-    history : a run of :func:`~bnkit.experiments.training.train` with
+    history : a run of :func:`~bnkit.experiments.train` with
         evaluations and percentile records.
     last_window : ``late_accuracy`` averages the last ``last_window`` steps.
     early : ``early_max_accuracy`` is the best accuracy at steps <= ``early``.

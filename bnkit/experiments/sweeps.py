@@ -6,8 +6,8 @@ the order of the minibatches (``train(seed=...)``). The data and the test set
 stay fixed.
 
 * :class:`Run` -- one experimental setting: the arguments of
-  :func:`~bnkit.experiments.models.mlp` and of
-  :func:`~bnkit.experiments.training.train`, without the seed.
+  :func:`~bnkit.experiments.mlp` and of
+  :func:`~bnkit.experiments.train`, without the seed.
 * :func:`run_seeds` -- every setting once per seed; the runs are independent,
   so they can be spread over worker processes (``processes=2``, or a
   :class:`WorkerPool` kept for several calls). Each run is single-threaded and
@@ -17,7 +17,7 @@ stay fixed.
   workers (each imports torch) costs seconds, so a chapter starts them once.
 
 The workers are started with ``spawn``: in a script, call these functions under
-``if __name__ == "__main__":``, as :mod:`multiprocessing` requires.
+``if __name__ == "__main__":``, as ``multiprocessing`` requires.
 * :func:`sweep` -- one setting (``"lr"``, ``"init_std"``, ...) swept over
   values, for several networks and seeds: a :class:`Sweep` holding the final
   test accuracy of every run, with per-cell :class:`~bnkit.stats.Spread`,
@@ -41,9 +41,9 @@ from .training import History, as_tensors, train
 
 __all__ = ["Run", "WorkerPool", "run_seeds", "Sweep", "sweep", "MODEL_OPTIONS", "TRAIN_OPTIONS"]
 
-#: Arguments of :func:`mlp` a :class:`Run` may set (``seed`` comes from the seed list).
+#: Arguments of :func:`~bnkit.experiments.mlp` a :class:`Run` may set (``seed`` comes from the seed list).
 MODEL_OPTIONS = tuple(p for p in inspect.signature(mlp).parameters if p != "seed")
-#: Arguments of :func:`train` a :class:`Run` may set (not the model, data, seed or callbacks).
+#: Arguments of :func:`~bnkit.experiments.train` a :class:`Run` may set (not the model, data, seed or callbacks).
 TRAIN_OPTIONS = tuple(p for p in inspect.signature(train).parameters
                       if p not in ("model", "data", "seed", "callback", "callback_every", "checkpoint",
                                    "checkpoint_every", "resume", "progress", "description", "num_threads"))
@@ -56,10 +56,10 @@ class Run:
     Parameters
     ----------
     model : mapping
-        Keyword arguments of :func:`~bnkit.experiments.models.mlp` (any of
+        Keyword arguments of :func:`~bnkit.experiments.mlp` (any of
         :data:`MODEL_OPTIONS`; not ``seed``).
     train : mapping
-        Keyword arguments of :func:`~bnkit.experiments.training.train` (any
+        Keyword arguments of :func:`~bnkit.experiments.train` (any
         of :data:`TRAIN_OPTIONS`, ``steps`` required; not ``seed``).
     """
 
@@ -144,7 +144,7 @@ def run_seeds(runs: Mapping[str, Run], data, seeds: Sequence[int] = (0, 1, 2), p
     ----------
     runs : mapping label -> :class:`Run`
     data : dict of arrays or tensors (``x_train``, ``y_train``, ``x_test``,
-        ``y_test``) or a data-set name (:func:`~bnkit.experiments.training.as_tensors`).
+        ``y_test``) or a data-set name (:func:`~bnkit.experiments.as_tensors`).
     seeds : distinct ints; seed ``s`` builds ``mlp(..., seed=s)`` and trains
         with ``train(..., seed=s)`` (weights and minibatch order).
     processes : 1 runs everything here, in order; ``n > 1`` spreads the runs
@@ -157,7 +157,7 @@ def run_seeds(runs: Mapping[str, Run], data, seeds: Sequence[int] = (0, 1, 2), p
 
     Returns
     -------
-    histories : dict label -> list of :class:`History`, one per seed, in the
+    histories : dict label -> list of :class:`~bnkit.experiments.History`, one per seed, in the
         order of ``seeds``; with ``return_models``, ``(histories, models)``
         where ``models`` is laid out the same way.
     """
@@ -201,24 +201,28 @@ class Sweep:
     Attributes
     ----------
     param : str
-        The swept argument (of :func:`mlp` or of :func:`train`).
+        The swept argument (of :func:`~bnkit.experiments.mlp` or of
+        :func:`~bnkit.experiments.train`).
     values : tuple of float
         Its values, in order.
     networks : tuple of str
         The networks' labels.
     seeds : tuple of int
-    accuracy : ndarray of shape (len(networks), len(values), len(seeds))
-        Test accuracy in [0, 1] at the end of each run (for a run that
-        diverged, the accuracy measured when it stopped).
-    diverged : ndarray of bool, same shape
-        Whether the training loss became non-finite (training then stops).
+    accuracy : numpy.ndarray
+        Shape (networks, values, seeds): test accuracy in [0, 1] at the end
+        of each run (for a run that diverged, the accuracy measured when it
+        stopped).
+    diverged : numpy.ndarray
+        Booleans, the same shape: whether the training loss became
+        non-finite (training then stops).
     steps : int
         SGD steps per run.
-    weight_norm : ndarray of shape (len(networks), len(values), len(seeds), L)
-        :math:`\lVert W_\ell \rVert` (Frobenius) of each of the L hidden
-        layers' weights at the end of the run.
-    weight_change : ndarray, same shape
-        :math:`\lVert W_\ell - W_\ell^{(0)} \rVert / \lVert W_\ell^{(0)} \rVert`:
+    weight_norm : numpy.ndarray
+        Shape (networks, values, seeds, L): :math:`\lVert W_\ell \rVert`
+        (Frobenius) of each of the L hidden layers' weights at the end of
+        the run.
+    weight_change : numpy.ndarray
+        The same shape: :math:`\lVert W_\ell - W_\ell^{(0)} \rVert / \lVert W_\ell^{(0)} \rVert`:
         how far training moved each hidden layer's weights from their
         initial values, relative to their initial size.
     """
@@ -288,15 +292,15 @@ def sweep(param: str, values: Sequence[float], networks: Mapping[str, Mapping[st
     Parameters
     ----------
     param : str
-        An argument of :func:`mlp` (e.g. ``"init_std"``) or of :func:`train`
+        An argument of :func:`~bnkit.experiments.mlp` (e.g. ``"init_std"``) or of :func:`~bnkit.experiments.train`
         (e.g. ``"lr"``).
     values : the values of ``param``, distinct.
-    networks : mapping label -> keyword arguments of :func:`mlp` (without
+    networks : mapping label -> keyword arguments of :func:`~bnkit.experiments.mlp` (without
         ``param`` and ``seed``), e.g. ``{"plain": {"batch_norm": False}}``.
     data : as for :func:`run_seeds`.
     steps : SGD steps per run; the test accuracy is measured once, at the end.
     seeds, processes, pool : as for :func:`run_seeds`.
-    train_options : further arguments of :func:`train` (e.g. ``{"lr": 0.1}``),
+    train_options : further arguments of :func:`~bnkit.experiments.train` (e.g. ``{"lr": 0.1}``),
         the same for every run.
 
     Returns
