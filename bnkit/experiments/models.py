@@ -179,6 +179,7 @@ def mlp(
     bn_eps: float = 1e-5,
     post_norm: Optional[Callable[[int, int], nn.Module]] = None,
     seed: Optional[int] = 0,
+    head_init_std: Optional[float] = None,
 ) -> MLP:
     r"""The paper's MLP: ``len(sizes) - 2`` hidden blocks and a linear output layer.
 
@@ -205,6 +206,11 @@ def mlp(
     seed : seeds a private ``torch.Generator`` for the initial weights, so
         the same seed gives the same network without touching torch's global
         RNG. ``None`` uses the global RNG.
+    head_init_std : standard deviation of the output layer's weights
+        instead of ``init_std`` (None: ``init_std``). The hidden layers'
+        weights are the same draw either way, and the output layer's are that
+        draw rescaled, so two networks that differ only here differ only in
+        the scale of the output layer.
 
     Returns
     -------
@@ -222,6 +228,8 @@ def mlp(
             raise ValueError(f"batch_norm has {len(bn_flags)} flags for {n_hidden} hidden blocks")
     if not init_std > 0:
         raise ValueError(f"init_std must be positive, got {init_std}")
+    if head_init_std is not None and not head_init_std > 0:
+        raise ValueError(f"head_init_std must be positive or None, got {head_init_std}")
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
@@ -235,9 +243,10 @@ def mlp(
             blocks.append(Block(n_in, n_out, use_bn, activation, bn_position, block_bias,
                                 bn_momentum, bn_eps, hook))
         head = nn.Linear(sizes[-2], sizes[-1])
-    for lin in [b.linear for b in blocks] + [head]:
+    stds = [init_std] * len(blocks) + [init_std if head_init_std is None else head_init_std]
+    for lin, std in zip([b.linear for b in blocks] + [head], stds):
         with torch.no_grad():
-            lin.weight.normal_(0.0, init_std, generator=generator)
+            lin.weight.normal_(0.0, std, generator=generator)
             if lin.bias is not None:
                 lin.bias.zero_()
     config = {
@@ -245,4 +254,6 @@ def mlp(
         "init_std": float(init_std), "bn_position": bn_position, "bias": bias, "bn_momentum": bn_momentum,
         "bn_eps": bn_eps, "seed": seed,
     }
+    if head_init_std is not None:  # only then, so the configs of earlier runs stay as they were
+        config["head_init_std"] = float(head_init_std)
     return MLP(blocks, head, config)
