@@ -47,12 +47,15 @@ __all__ = [
     "MNIST_URL",
     "FASHION_MNIST_URL",
     "DATASETS",
+    "stored_result",
+    "stored_results",
 ]
 
 PathLike = Union[str, os.PathLike]
 
 _DATA_DIR = Path(__file__).resolve().parent / "_data"
 _MNIST_5K = _DATA_DIR / "mnist_5k.npz"
+_RESULTS_DIR = _DATA_DIR / "results"
 
 #: The four standard file names, by split, as a pair (images file, labels file).
 IDX_FILES: Dict[str, Tuple[str, str]] = {
@@ -327,3 +330,34 @@ def download_mnist(
             if tmp.exists():
                 tmp.unlink()
     return dest
+
+
+def stored_results() -> Tuple[str, ...]:
+    """Names of the result files shipped with bnkit, sorted (see :func:`stored_result`)."""
+    return tuple(sorted(p.name for p in _RESULTS_DIR.iterdir() if not p.name.startswith(".")))
+
+
+def stored_result(name: str) -> Path:
+    """The path of a result file that ships with bnkit, the record of a long experiment.
+
+    Chapters 5-7 show experiments that take an hour or more of CPU time (many
+    networks over several seeds); they ran once from the command line, and their
+    results ship inside the package (``bnkit/_data/results``), so that a
+    chapter reads them with no download, in a clone and after ``pip install``
+    alike. Each file records the command that wrote it; ``bnkit/_data/README.md``
+    lists them.
+
+    Parameters
+    ----------
+    name : str
+        A file name, one of :func:`stored_results`.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not shipped.
+    """
+    names = stored_results()
+    if name not in names:
+        raise ValueError(f"no stored result named {name!r}; bnkit ships {', '.join(names)}")
+    return _RESULTS_DIR / name

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +256,31 @@ def test_known_checksums_are_well_formed():
         assert sorted(table) == sorted(data.IDX_FILES["train"] + data.IDX_FILES["test"])
         for digest in table.values():
             assert len(digest) == 64 and int(digest, 16) >= 0
+
+
+def test_stored_results_ship_with_the_package_and_record_their_commands():
+    import gzip
+    import json
+
+    from bnkit.data import stored_result, stored_results
+
+    names = stored_results()
+    assert "small_batch_sweep.json" in names and "figure1-mnist-5k-seeds.json" in names
+    assert sum(n.startswith("santurkar-") for n in names) == 5
+    for name in names:
+        path = stored_result(name)
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt") as f:
+            text = f.read()
+        json.loads(text)                                   # every file is JSON
+    readme = (Path(stored_result(names[0])).parent.parent / "README.md").read_text()
+    for name in names:                                     # and the README says how it was made
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}`"))
+        assert "python -m bnkit.experiments" in row
+
+
+def test_stored_result_refuses_unknown_names():
+    from bnkit.data import stored_result
+
+    with pytest.raises(ValueError, match="no stored result named 'nope.json'"):
+        stored_result("nope.json")

@@ -148,3 +148,15 @@ def test_used_modules_follow_names_through_the_package_init(tmp_path):
     assert used_modules("from pkg.nn import relu\n", known, exports) == {"pkg.nn.ops"}
     # a package used as a whole, with no name to trace, stays the package
     assert used_modules("import pkg.nn as nn\nprint(nn)\n", known, exports) == {"pkg.nn"}
+
+
+def test_readme_map_is_what_the_sources_say():
+    """README.md's chapter -> modules -> tests map is regenerated, not edited by hand:
+    after a change of imports, run `python tools/module_map.py --write`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "module_map.py"
+    r = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -12,7 +12,10 @@ before it):
   preserved model state, weight layers;
   :mod:`~bnkit.experiments.ics`, :mod:`~bnkit.experiments.landscape` and
   :mod:`~bnkit.experiments.gains` -- Santurkar et al.'s measurements.
-* :mod:`~bnkit.experiments.figures` -- the plots;
+* :mod:`~bnkit.experiments.sweeps` -- runs repeated over seeds and sweeps with per-cell
+  spreads; :mod:`~bnkit.experiments.figure1_summary` -- Figure 1's metrics and the
+  summary of its runs over seeds;
+* :mod:`~bnkit.experiments.figures` and :mod:`~bnkit.experiments.seed_figures` -- the plots;
   :mod:`~bnkit.experiments.runs` -- saved runs;
   :mod:`~bnkit.experiments.arguments` -- shared command-line options.
 * :mod:`~bnkit.experiments.saturation` -- why normalize: a deep sigmoid network at

@@ -32,7 +32,7 @@ measured by :mod:`bnkit.experiments.batch_of_two`.
 Command line (the full sweep of the chapter, with a progress bar)::
 
     python -m bnkit.experiments.small_batch --seeds 0 1 2 3 4 \
-        --output notebooks/data/small_batch_sweep.json
+        --output bnkit/_data/results/small_batch_sweep.json
 
 Needs torch.
 """
