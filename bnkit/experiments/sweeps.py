@@ -15,14 +15,14 @@ stay fixed.
 * :class:`WorkerPool` -- worker processes that load the data once and serve
   every :func:`run_seeds` and :func:`sweep` call they are given; starting
   workers (each imports torch) costs seconds, so a chapter starts them once.
-
-The workers are started with ``spawn``: in a script, call these functions under
-``if __name__ == "__main__":``, as ``multiprocessing`` requires.
 * :func:`sweep` -- one setting (``"lr"``, ``"init_std"``, ...) swept over
   values, for several networks and seeds: a :class:`Sweep` holding the final
   test accuracy of every run, with per-cell :class:`~bnkit.stats.Spread`,
   a printable table, and :meth:`Sweep.working` (the values at which every
   seed reaches a threshold).
+
+The workers are started with ``spawn``: in a script, call these functions under
+``if __name__ == "__main__":``, as ``multiprocessing`` requires.
 """
 
 from __future__ import annotations
