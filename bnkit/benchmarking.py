@@ -26,14 +26,20 @@ kernels that do no arithmetic (:func:`bnkit.timing.stream_passes`).
 dispatches, with nothing in between (the price of its operations alone), and
 :func:`without_huge_pages` runs a case with bnkit.torch's huge-page hint off.
 :func:`run_cases` times a grid of cases and returns one record (a dict) per
-case. torch is imported only when a torch case is built, so
-``import bnkit.benchmarking`` stays light.
+case; :func:`add_ratios` and :func:`add_copy_times` add to the records, and
+:func:`select`, :func:`floor_ratios`, :func:`sweep_table` and
+:func:`scoreboard_table` read them. :func:`hint_comparison` times bnkit.torch with
+and without its huge-page hint next to native torch, counting the page faults
+of the calls it times, and :func:`matmul_flops` measures the compute ceiling.
+torch is imported only when a torch case is built, so ``import bnkit.benchmarking``
+stays light.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, Optional, Sequence
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -52,6 +58,13 @@ __all__ = [
     "floor_case",
     "run_cases",
     "add_ratios",
+    "add_copy_times",
+    "select",
+    "floor_ratios",
+    "sweep_table",
+    "scoreboard_table",
+    "hint_comparison",
+    "matmul_flops",
     "IMPLEMENTATIONS",
     "CUDA_IMPLEMENTATIONS",
     "MODES",
@@ -394,3 +407,168 @@ def add_ratios(records: List[dict], baseline: str = "torch") -> List[dict]:
         b = base.get(key(r))
         r["ratio"] = None if b is None else r["seconds"] / b
     return records
+
+
+def add_copy_times(records: List[dict], budget: float = 0.05,
+                   clock: Callable[[], float] = time.perf_counter) -> List[dict]:
+    """Add ``copy_s`` to every record: its ``bytes`` at the copy bandwidth of ``x``'s size.
+
+    The copy bandwidth (:func:`bnkit.timing.measure_copy_bandwidth`) is measured
+    once per shape and dtype, for arrays of the size of ``x``; ``copy_s`` is
+    :func:`bnkit.roofline.roofline_time` of the record's minimal bytes at that
+    bandwidth. Returns ``records``.
+    """
+    bandwidth = {}
+    for r in records:
+        key = (tuple(r["shape"]), r["dtype"])
+        if key not in bandwidth:
+            nbytes = np.dtype(r["dtype"]).itemsize * math.prod(r["shape"])
+            bandwidth[key] = timing.measure_copy_bandwidth(nbytes, budget=budget, clock=clock)
+        r["copy_s"] = roofline.roofline_time(r["bytes"], bandwidth[key])
+    return records
+
+
+def select(records: Iterable[dict], **match) -> List[dict]:
+    """The records whose fields equal ``match`` (e.g. ``mode="forward"``), smallest shape first."""
+    rows = [r for r in records if all(r[k] == v for k, v in match.items())]
+    return sorted(rows, key=lambda r: math.prod(r["shape"]))
+
+
+def floor_ratios(records: Iterable[dict]) -> Dict[str, List[float]]:
+    """``seconds / floor_s`` of every record that has a floor, by implementation (record order)."""
+    ratios: Dict[str, List[float]] = {}
+    for r in records:
+        if r.get("floor_s"):
+            ratios.setdefault(r["implementation"], []).append(r["seconds"] / r["floor_s"])
+    return ratios
+
+
+def _layout_name(layout: str, shape: Sequence[int]) -> str:
+    if len(shape) == 2:
+        return "-"                                  # (N, D): one layout
+    first = layout == "channels_first"
+    if len(shape) == 4:
+        return "NCHW" if first else "NHWC"
+    return "NC*" if first else "N*C"
+
+
+def _groups(records: Iterable[dict]) -> Dict[tuple, Dict[str, dict]]:
+    groups: Dict[tuple, Dict[str, dict]] = {}
+    for r in records:
+        groups.setdefault((tuple(r["shape"]), r["layout"], r["mode"]), {})[r["implementation"]] = r
+    return groups
+
+
+def _others(groups, baseline: str) -> List[str]:
+    return [i for i in dict.fromkeys(i for g in groups.values() for i in g) if i != baseline]
+
+
+def _ratio(record: Optional[dict], width: int) -> str:
+    if record is None or record.get("ratio") is None:
+        return f"{'-':>{width}}"
+    return f"{record['ratio']:{width}.2f}"
+
+
+def sweep_table(records: Iterable[dict], baseline: str = "torch") -> str:
+    """A size sweep as a table: each implementation's time over native's; native's over its floor.
+
+    One row per mode, layout and size (in ``MODES`` and ``LAYOUTS``
+    order, then by size), with the size of ``x`` in MB (10**6 bytes). The
+    records need ``ratio`` (:func:`add_ratios` against ``baseline``, the native
+    kernel) and ``floor_s`` (:func:`run_cases` with ``floor=True``).
+    """
+    groups = _groups(records)
+    others = _others(groups, baseline)
+    lines = [f"{'mode':>16} {'layout':>6} {'x (MB)':>7} | time / native: "
+             + " ".join(f"{i:>16}" for i in others) + " | native / floor"]
+    order = lambda key: (MODES.index(key[2]), LAYOUTS.index(key[1]), math.prod(key[0]))
+    for key in sorted(groups, key=order):
+        shape, layout, mode = key
+        row, native = groups[key], groups[key][baseline]
+        size = np.dtype(native["dtype"]).itemsize * math.prod(shape) / 1e6
+        lines.append(f"{mode:>16} {_layout_name(layout, shape):>6} {size:7.2f} | {'':15}"
+                     + " ".join(_ratio(row.get(i), 16) for i in others)
+                     + f" | {native['seconds'] / native['floor_s']:14.1f}")
+    return "\n".join(lines)
+
+
+def scoreboard_table(records: Iterable[dict], baseline: str = "torch") -> str:
+    """Cases as a table in milliseconds: floor, copy shortcut, native, every other implementation.
+
+    One row per shape, layout and mode, in the order of the records; each
+    implementation other than ``baseline`` (the native kernel) with its time
+    and its ratio to native, and last native's time over its floor. The records
+    need ``floor_s``, ``copy_s`` (:func:`add_copy_times`) and ``ratio``
+    (:func:`add_ratios`).
+    """
+    groups = _groups(records)
+    others = _others(groups, baseline)
+    lines = [f"{'shape':>18} {'layout':>6} {'mode':>16} | {'floor':>9} {'copy':>9} {'native':>9} | "
+             + " | ".join(f"{i + ' (x native)':>24}" for i in others) + " | native / floor"]
+    for (shape, layout, mode), row in groups.items():
+        native = row[baseline]
+        cells = []
+        for i in others:
+            r = row.get(i)
+            cells.append(f"{'-':>24}" if r is None else
+                         f"{r['seconds'] * 1e3:9.3f}ms ({_ratio(r, 5).strip():>5}x)".rjust(24))
+        lines.append(f"{str(shape):>18} {_layout_name(layout, shape):>6} {mode:>16} | "
+                     f"{native['floor_s'] * 1e3:7.3f}ms {native['copy_s'] * 1e3:7.3f}ms "
+                     f"{native['seconds'] * 1e3:7.3f}ms | " + " | ".join(cells)
+                     + f" | {native['seconds'] / native['floor_s']:14.1f}")
+    return "\n".join(lines)
+
+
+def hint_comparison(shape: Sequence[int], mode: str, layout: str = "channels_first",
+                    budget: float = 0.05,
+                    counter: Callable[[], int] = timing.page_faults) -> Dict[str, dict]:
+    """Native torch, bnkit.torch and bnkit.torch without its huge-page hint, in the same rounds.
+
+    The three cases (:func:`make_case`, :func:`without_huge_pages`) are timed by
+    :func:`bnkit.timing.compare_times`, and the page faults of every call it makes are
+    counted (:func:`bnkit.timing.counting_page_faults`) — the faults of the very
+    calls that are timed.
+
+    Parameters
+    ----------
+    shape, mode, layout
+        The case, as for :func:`make_case` (float32).
+    budget : float, default 0.05
+        Seconds of rounds per case.
+    counter : callable, default :func:`bnkit.timing.page_faults`
+
+    Returns
+    -------
+    dict
+        Under ``"native"``, ``"hinted"`` and ``"no hint"``: ``seconds`` (the best
+        time) and ``faults_per_page`` (the median over the calls of the faults
+        of one call, per :data:`bnkit.timing.PAGE_BYTES` of ``x``).
+    """
+    hinted = make_case("bnkit.torch", mode, shape, layout)
+    cases = {"native": make_case("torch", mode, shape, layout), "hinted": hinted,
+             "no hint": without_huge_pages(hinted)}
+    faults: Dict[str, List[int]] = {name: [] for name in cases}
+    seconds = compare_times({name: timing.counting_page_faults(case, faults[name], counter)
+                             for name, case in cases.items()}, budget=budget)
+    pages = 4 * math.prod(shape) / timing.PAGE_BYTES
+    return {name: dict(seconds=seconds[name],
+                       faults_per_page=float(np.median(faults[name])) / pages)
+            for name in cases}
+
+
+def matmul_flops(n: int = 1024, budget: float = 0.3,
+                 clock: Callable[[], float] = time.perf_counter) -> float:
+    """Floating-point operations per second of an ``n`` x ``n`` float32 matrix product in torch.
+
+    :math:`2n^3` operations per product (:math:`n^3` multiply-adds) over its best
+    time (:func:`bnkit.timing.best_time`), on torch's current number of threads:
+    the compute ceiling of the roofline model for arithmetic that reuses its
+    data from the caches.
+    """
+    import torch
+
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be an int >= 1 (got {n!r})")
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    return 2 * n**3 / best_time(lambda: a @ b, budget=budget, clock=clock)

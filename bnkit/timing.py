@@ -20,10 +20,19 @@ thread, with kernels that do (almost) no arithmetic:
   stores of a NumPy loop, for the read/write mixes batch norm actually has;
 * :func:`stream_passes`: several such passes over the same arrays, in turn: the
   memory traffic of a kernel without its arithmetic (see
-  :func:`bnkit.roofline.forward_passes`).
+  :func:`bnkit.roofline.forward_passes`);
+* :func:`measure_bandwidths`: the copies and passes above, side by side, across
+  array sizes (the figure of Chapter 9).
 
-All timers take a ``clock`` (default ``time.perf_counter``), so that tests can
-drive them with a clock whose readings are known.
+And what a measurement of memory needs to know about the machine and the
+operating system: the CPU's name and cache sizes (:func:`cpu_model`,
+:func:`cache_sizes`), and the page faults a call causes
+(:func:`page_faults_per_call`, :func:`counting_page_faults`), whose first writes to
+fresh memory cost time that is not the kernel's.
+
+All timers take a ``clock`` (default ``time.perf_counter``), and the page-fault
+counters a ``counter`` (default :func:`page_faults`), so that tests can drive them
+with readings that are known.
 
 Nothing here imports torch or any other part of bnkit: :mod:`bnkit.roofline`
 (the arithmetic of bytes) and :mod:`bnkit.benchmarking` (the batch-norm cases)
@@ -33,8 +42,10 @@ sit above it.
 from __future__ import annotations
 
 import gc
+import os
+import platform
 import time
-from typing import Callable, Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -46,6 +57,14 @@ __all__ = [
     "stream_pass",
     "stream_passes",
     "measure_stream_bandwidth",
+    "measure_bandwidths",
+    "BANDWIDTH_KERNELS",
+    "cpu_model",
+    "cache_sizes",
+    "page_faults",
+    "page_faults_per_call",
+    "counting_page_faults",
+    "PAGE_BYTES",
 ]
 
 Clock = Callable[[], float]
@@ -322,3 +341,168 @@ def measure_stream_bandwidth(reads: int, writes: int, nbytes: int, budget: float
     run = stream_pass(reads, writes, nbytes)
     moved = (reads + writes) * (nbytes // 4) * 4
     return moved / best_time(run, budget=budget, max_repeats=max_repeats, clock=clock)
+
+
+#: The kernels of :func:`measure_bandwidths`, by the label it returns them under.
+BANDWIDTH_KERNELS = (
+    "copy, streaming stores (memcpy)",
+    "copy into a new array",
+    "read only (1:0)",
+    "1:1, ordinary stores (y = -x)",
+    "2:1, ordinary stores (y = a + b)",
+)
+
+
+def measure_bandwidths(sizes: Sequence[int], budget: float = 0.03,
+                       clock: Clock = time.perf_counter) -> Dict[str, np.ndarray]:
+    """Bandwidth of each of :data:`BANDWIDTH_KERNELS` for arrays of each of ``sizes`` bytes.
+
+    The kernels, in the order of the labels: :func:`measure_copy_bandwidth` into
+    an existing array (``memcpy``'s streaming stores for large arrays) and into a
+    new array each time (its page faults included), then
+    :func:`measure_stream_bandwidth` with one read and no write, one read per
+    write and two reads per write (ordinary stores). Each figure counts every
+    byte read or written once, on one thread, best of repeats filling about
+    ``budget`` seconds.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Bytes per array, each > 0 (a multiple of 4: the passes use float32).
+    budget : float, default 0.03
+        Seconds of repeats per kernel and size.
+    clock : callable, default ``time.perf_counter``
+
+    Returns
+    -------
+    dict of str to ndarray of shape (len(sizes),)
+        Bytes per second, read plus written, under each label of
+        :data:`BANDWIDTH_KERNELS`.
+    """
+    sizes = [_check_nbytes(nb) for nb in sizes]
+    kernels = (
+        lambda nb: measure_copy_bandwidth(nb, budget=budget, clock=clock),
+        lambda nb: measure_copy_bandwidth(nb, budget=budget, fresh_output=True, clock=clock),
+        lambda nb: measure_stream_bandwidth(1, 0, nb, budget=budget, clock=clock),
+        lambda nb: measure_stream_bandwidth(1, 1, nb, budget=budget, clock=clock),
+        lambda nb: measure_stream_bandwidth(2, 1, nb, budget=budget, clock=clock),
+    )
+    return {label: np.array([measure(nb) for nb in sizes], dtype=float)
+            for label, measure in zip(BANDWIDTH_KERNELS, kernels)}
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name: the first ``model name`` in ``cpuinfo`` (Linux).
+
+    Where that file is missing or names no model, ``platform.processor()``,
+    or failing that ``platform.machine()`` (e.g. ``"x86_64"``).
+    """
+    try:
+        with open(cpuinfo, encoding="utf8", errors="replace") as lines:
+            for line in lines:
+                if line.startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf8") as f:
+        return f.read().strip()
+
+
+def _size_in_bytes(text: str) -> int:
+    text = text.strip()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+    return int(text[:-1] if scale > 1 else text) * scale
+
+
+def cache_sizes(cpu: int = 0, root: str = "/sys/devices/system/cpu") -> Dict[str, int]:
+    """Sizes in bytes of the data and unified caches of core ``cpu``, as Linux reports them.
+
+    Reads ``root/cpu<cpu>/cache/index*/{type,level,size}`` (``size`` as
+    ``"32K"``, ``"1M"`` or a plain number of bytes) and leaves out instruction
+    caches. L1 and L2 are usually per core, L3 shared by several.
+
+    Returns
+    -------
+    dict of str to int
+        ``{"L1": bytes, "L2": bytes, ...}`` by level, ascending; empty where the
+        operating system does not report its caches this way.
+    """
+    base = os.path.join(root, f"cpu{int(cpu)}", "cache")
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return {}
+    caches = {}
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            kind, level, size = (_read_text(os.path.join(base, entry, name))
+                                 for name in ("type", "level", "size"))
+            level, size = int(level), _size_in_bytes(size)
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction":
+            caches[level] = size
+    return {f"L{level}": caches[level] for level in sorted(caches)}
+
+
+#: The page size the fault counts are expressed in (4 kB, the usual base page; a huge page
+#: is 512 of them on x86-64 Linux).
+PAGE_BYTES = 4096
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far (``resource.getrusage``, Linux and macOS).
+
+    A minor fault is the operating system mapping a page on its first touch —
+    for fresh memory, a zeroed page — without reading anything from disk.
+    """
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def page_faults_per_call(fn: Callable[[], object], calls: int = 3,
+                         counter: Callable[[], int] = page_faults) -> float:
+    """Mean page faults of one call of ``fn()``, over ``calls`` calls after an uncounted one.
+
+    The first call is left out, as the timers leave it out (lazy allocations);
+    what remains is what every call pays, e.g. for writing a fresh output.
+
+    Parameters
+    ----------
+    fn : callable
+    calls : int, default 3
+        Counted calls, >= 1.
+    counter : callable, default :func:`page_faults`
+        Returns the faults so far; read once before and once after the calls.
+    """
+    _check_repeats("calls", calls, "calls", calls)
+    fn()
+    before = counter()
+    for _ in range(calls):
+        fn()
+    return (counter() - before) / calls
+
+
+def counting_page_faults(fn: Callable[[], object], counts: List[int],
+                         counter: Callable[[], int] = page_faults) -> Callable[[], object]:
+    """``fn``, appending the page faults of each call to ``counts``; returns what ``fn`` returns.
+
+    For counting the faults of the very calls a timer makes: pass the wrapped
+    function to :func:`compare_times` (the counter is read outside the timed
+    call's own work, but inside its timing, so it adds a system call's time
+    to every repeat alike).
+    """
+    def run():
+        before = counter()
+        out = fn()
+        counts.append(counter() - before)
+        return out
+
+    return run

@@ -201,3 +201,108 @@ def test_torch_inputs_are_seeded_standard_normal_with_identity_parameters():
     assert torch.equal(weight, torch.ones(4)) and weight.requires_grad
     assert torch.equal(bias, torch.zeros(4)) and bias.requires_grad
     assert torch.equal(running_mean, torch.zeros(4)) and torch.equal(running_var, torch.ones(4))
+
+
+class TickClock:
+    """A clock that advances by ``tick`` seconds every time it is read."""
+
+    def __init__(self, tick):
+        self.tick, self.now = tick, 0.0
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+def _record(impl, mode, shape, seconds, layout="channels_first", floor_s=None):
+    nbytes = roofline.forward_bytes(shape) if mode == "forward" else roofline.training_bytes(shape)
+    return dict(implementation=impl, mode=mode, shape=shape, layout=layout, dtype="float32",
+                threads=1, seconds=seconds, bytes=nbytes, floor_s=floor_s)
+
+
+def test_add_copy_times_is_the_bytes_at_the_copy_bandwidth_of_the_size_of_x():
+    records = [_record("torch", "forward", (8, 4), 1.0), _record("torch", "forward+backward",
+                                                                 (8, 4), 1.0),
+               _record("torch", "forward", (2, 3, 4, 4), 1.0)]
+    # every timed copy lasts 0.25 s: the copy bandwidth is 2 * nbytes(x) / 0.25
+    benchmarking.add_copy_times(records, budget=0.0, clock=TickClock(0.25))
+    for r in records:
+        x_bytes = 4 * math.prod(r["shape"])
+        assert r["copy_s"] == pytest.approx(r["bytes"] / (2 * x_bytes / 0.25), rel=1e-15)
+
+
+def test_select_keeps_the_matching_records_smallest_shape_first():
+    records = [_record("torch", "forward", (64, 4), 1.0),
+               _record("bnkit.torch", "forward", (8, 4), 2.0),
+               _record("torch", "forward", (8, 4), 3.0),
+               _record("torch", "forward+backward", (8, 4), 4.0)]
+    assert [r["seconds"] for r in benchmarking.select(records, implementation="torch",
+                                                      mode="forward")] == [3.0, 1.0]
+    assert benchmarking.select(records, layout="channels_last") == []
+
+
+def test_floor_ratios_are_time_over_floor_per_implementation():
+    records = [_record("torch", "forward", (8, 4), 3.0, floor_s=1.5),
+               _record("bnkit.torch", "forward", (8, 4), 6.0, floor_s=1.5),
+               _record("torch", "forward", (64, 4), 2.0, floor_s=0.5),
+               _record("torch.cuda", "forward", (64, 4), 0.1, floor_s=None)]   # no CPU floor
+    assert benchmarking.floor_ratios(records) == {"torch": [2.0, 4.0], "bnkit.torch": [4.0]}
+
+
+def _grid():
+    records = []
+    for shape in ((64, 4, 2, 2), (8, 4, 2, 2)):
+        for layout in benchmarking.LAYOUTS:
+            for mode in benchmarking.MODES:
+                native = 2.0 if layout == "channels_first" else 4.0
+                records += [_record("torch", mode, shape, native, layout, floor_s=0.5),
+                            _record("bnkit.torch", mode, shape, 1.0, layout, floor_s=0.5)]
+    return benchmarking.add_ratios(records)
+
+
+def test_sweep_table_has_one_row_per_case_with_the_ratios_by_mode_layout_and_size():
+    lines = benchmarking.sweep_table(_grid()).splitlines()
+    assert lines[0].split() == ["mode", "layout", "x", "(MB)", "|", "time", "/", "native:",
+                                "bnkit.torch", "|", "native", "/", "floor"]
+    rows = [line.split() for line in lines[1:]]
+    # forward, NCHW, small then large; ...; bnkit's ratio 1/2 in NCHW, 1/4 in NHWC
+    assert rows == [[mode, name, size, "|", ratio, "|", floor]
+                    for mode in benchmarking.MODES
+                    for name, ratio, floor in (("NCHW", "0.50", "4.0"), ("NHWC", "0.25", "8.0"))
+                    for size in ("0.00", "0.00")]
+    assert [line.split()[2] for line in benchmarking.sweep_table(
+        [_record("torch", "forward", (250_000, 4), 1.0, floor_s=1.0)]).splitlines()[1:]] == ["4.00"]
+
+
+def test_scoreboard_table_gives_milliseconds_and_ratios_in_record_order():
+    records = _grid()
+    for r in records:
+        r["copy_s"] = 0.25
+    lines = benchmarking.scoreboard_table(records).splitlines()
+    assert "bnkit.torch (x native)" in lines[0] and len(lines) == 1 + len(records) // 2
+    first = lines[1].split()
+    assert first[:3] == ["(64,", "4,", "2,"] and first[4:7] == ["NCHW", "forward", "|"]
+    assert first[7:] == ["500.000ms", "250.000ms", "2000.000ms", "|", "1000.000ms", "(", "0.50x)",
+                         "|", "4.0"]
+    assert lines[3].split()[4:6] == ["NHWC", "forward"]
+    one_case = dict(_record("torch", "forward", (8, 4), 1.0, floor_s=1.0), copy_s=1.0, ratio=1.0)
+    two_d = benchmarking.scoreboard_table([one_case])
+    assert two_d.splitlines()[1].split()[2] == "-"        # (N, D): no layout to name
+
+
+def test_hint_comparison_times_three_cases_and_counts_the_faults_of_the_timed_calls():
+    reads = iter(range(10**6))
+    shape = (4, 8, 4, 4)
+    got = benchmarking.hint_comparison(shape, "forward", budget=0.0, counter=lambda: next(reads))
+    assert list(got) == ["native", "hinted", "no hint"]
+    pages = 4 * math.prod(shape) / 4096
+    for result in got.values():
+        assert result["seconds"] > 0
+        # the counter moves by one between the two readings around every call
+        assert result["faults_per_page"] == pytest.approx(1 / pages)
+
+
+def test_matmul_flops_is_two_n_cubed_over_the_best_time():
+    assert benchmarking.matmul_flops(64, budget=0.0, clock=TickClock(0.25)) == 2 * 64**3 / 0.25
+    with pytest.raises(ValueError, match="n must be"):
+        benchmarking.matmul_flops(0)

@@ -179,3 +179,81 @@ def test_stream_passes_refuse_bad_sizes_and_dtypes():
         timing.stream_passes([(1, 0)], 4, dtype="float64")
     with pytest.raises(TypeError, match="float"):
         timing.stream_passes([(1, 0)], 4096, dtype="int32")
+
+
+def test_measure_bandwidths_counts_the_bytes_each_kernel_moves():
+    # a clock that moves 0.5 s per reading: every timed call lasts 0.5 s, so each figure is
+    # the bytes the kernel counts over 0.5 s -- copies 2, read only 1, 1:1 2, 2:1 3 arrays
+    sizes = [4096, 8192]
+    got = timing.measure_bandwidths(sizes, budget=0.0, clock=TickClock(0.5))
+    assert tuple(got) == timing.BANDWIDTH_KERNELS
+    arrays = dict(zip(timing.BANDWIDTH_KERNELS, (2, 2, 1, 2, 3)))
+    for label, values in got.items():
+        np.testing.assert_array_equal(values, [arrays[label] * nb / 0.5 for nb in sizes])
+    with pytest.raises(ValueError, match="nbytes"):
+        timing.measure_bandwidths([4096, 0])
+
+
+def test_cpu_model_is_the_first_model_name_of_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\n\nprocessor\t: 1\n"
+                       "model name\t: Another CPU\n")
+    assert timing.cpu_model(str(cpuinfo)) == "Some CPU 9000"
+    import platform
+    assert timing.cpu_model(str(tmp_path / "missing")) == (platform.processor()
+                                                           or platform.machine())
+
+
+def test_cache_sizes_reads_the_data_and_unified_caches_of_one_core(tmp_path):
+    entries = {"index0": ("Data", 1, "48K"), "index1": ("Instruction", 1, "32K"),
+               "index2": ("Unified", 2, "2048K"), "index3": ("Unified", 3, "32M"),
+               "uevent": None}
+    base = tmp_path / "cpu3" / "cache"
+    for name, entry in entries.items():
+        if entry is None:
+            (base / name).parent.mkdir(parents=True, exist_ok=True)
+            (base / name).write_text("")
+            continue
+        (base / name).mkdir(parents=True)
+        for field, value in zip(("type", "level", "size"), entry):
+            (base / name / field).write_text(f"{value}\n")
+    sizes = timing.cache_sizes(3, root=str(tmp_path))
+    assert sizes == {"L1": 48 * 1024, "L2": 2 * 2**20, "L3": 32 * 2**20}
+    assert list(sizes) == ["L1", "L2", "L3"]
+    assert timing.cache_sizes(0, root=str(tmp_path)) == {}     # no such core reported
+
+
+class FaultCounter:
+    """A page-fault counter that moves only when ``fn`` runs, by the next of ``faults``."""
+
+    def __init__(self, faults):
+        self.count, self.faults, self.calls = 0, list(faults), 0
+
+    def __call__(self):
+        return self.count
+
+    def fn(self):
+        self.count += self.faults[self.calls]
+        self.calls += 1
+        return self.calls
+
+
+def test_page_faults_per_call_leaves_out_the_first_call():
+    counter = FaultCounter([1000, 4, 6, 8])            # the first call's 1000 are not counted
+    assert timing.page_faults_per_call(counter.fn, calls=3, counter=counter) == 6
+    assert counter.calls == 4
+    with pytest.raises(ValueError, match="calls"):
+        timing.page_faults_per_call(counter.fn, calls=0)
+
+
+def test_counting_page_faults_records_each_call_and_passes_its_result_on():
+    counter, counts = FaultCounter([3, 0, 7]), []
+    run = timing.counting_page_faults(counter.fn, counts, counter=counter)
+    assert [run() for _ in range(3)] == [1, 2, 3]
+    assert counts == [3, 0, 7]
+
+
+def test_writing_fresh_memory_costs_page_faults():
+    before = timing.page_faults()
+    fresh = np.ones(16 * 2**20, np.uint8)             # 16 MB, fresh from the operating system
+    assert timing.page_faults() > before and fresh[-1] == 1
