@@ -284,7 +284,10 @@ def plot_batch_matrix(x, gamma, beta, column: int = 0, eps: float = 1e-5,
 # Chapter 2: the staged computational graph
 # --------------------------------------------------------------------------------------
 
+# The value is hidden on the API page: its raw LaTeX labels would print untypeset in the PDF.
 #: Nodes of :func:`plot_staged_graph`: name -> (label, kind, stage or None, (x, y) position).
+#:
+#: :meta hide-value:
 STAGED_GRAPH_NODES: Dict[str, tuple] = {
     "x": (r"$x$", "array", None, (0.4, 1.0)),
     "mean": (r"$\mu$", "vector", 1, (1.9, 2.3)),
