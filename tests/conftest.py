@@ -1,10 +1,12 @@
-"""Fixtures shared by the unit tests: a seeded RNG and the torch devices to run on."""
+"""Fixtures shared by the unit tests: a seeded RNG, the torch devices to run on, a tiny MNIST."""
 
 import os
 
 import numpy as np
 import pytest
 import torch
+
+from bnkit.data import load_mnist_5k
 
 SEED = 20240607
 
@@ -31,3 +33,14 @@ def device(request):
 def rng():
     """A fresh generator with a fixed seed, so every test sees the same data on every run."""
     return np.random.default_rng(SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """300 training and 100 test images of the embedded MNIST subset."""
+    x_train, y_train = load_mnist_5k("train")
+    x_test, y_test = load_mnist_5k("test")
+    rng = np.random.default_rng(0)
+    tr = rng.choice(len(x_train), 300, replace=False)
+    te = rng.choice(len(x_test), 100, replace=False)
+    return {"x_train": x_train[tr], "y_train": y_train[tr], "x_test": x_test[te], "y_test": y_test[te]}

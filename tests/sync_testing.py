@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from bnkit.experiments.data_parallel import layer_steps
 from bnkit.torch import SyncBatchNorm, run_processes
 from bnkit.torch.modules import BatchNormBase
 
@@ -49,24 +50,11 @@ def train_steps(layer: nn.Module, x, grad_output) -> dict:
         ``state_dicts``: a one-element list with the final state dict.
     """
     xs, gs = _as_steps(x), _as_steps(grad_output)
-    if len(xs) != len(gs) or any(a.shape != b.shape for a, b in zip(xs, gs)):
-        raise ValueError("x and grad_output need the same number of steps and shapes "
-                         f"(got {[tuple(a.shape) for a in xs]} and {[tuple(b.shape) for b in gs]})")
-    out: Dict[str, list] = {"output": [], "grad_input": [], "grad_weight": [], "grad_bias": []}
-    for xb, gb in zip(xs, gs):
-        xb = xb.detach().clone().requires_grad_(True)
-        y = layer(xb)
-        y.backward(gb)
-        out["output"].append(y.detach())
-        out["grad_input"].append(xb.grad)
-        for name in ("weight", "bias"):
-            p = getattr(layer, name)
-            out[f"grad_{name}"].append(None if p is None else p.grad.clone())
-            if p is not None:
-                p.grad = None
+    out = layer_steps(layer, xs, gs)
+    state = out.pop("state")
     if isinstance(x, torch.Tensor):
         out = {k: v[0] for k, v in out.items()}
-    out["state_dicts"] = [{k: v.clone() for k, v in layer.state_dict().items()}]
+    out["state_dicts"] = [state]
     return out
 
 

@@ -15,23 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import bnkit.torch as bnt
-from bnkit.data import load_mnist_5k
 from bnkit.experiments import BatchStream, History, mlp, steps_to_accuracy, train
 from bnkit.experiments import cli
 from bnkit.experiments.training import as_tensors
 
 SIZES = (784, 16, 12, 10)
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    """300 training and 100 test images of the embedded MNIST subset."""
-    x_train, y_train = load_mnist_5k("train")
-    x_test, y_test = load_mnist_5k("test")
-    rng = np.random.default_rng(0)
-    tr = rng.choice(len(x_train), 300, replace=False)
-    te = rng.choice(len(x_test), 100, replace=False)
-    return {"x_train": x_train[tr], "y_train": y_train[tr], "x_test": x_test[te], "y_test": y_test[te]}
 
 
 def manual_forward(model, x, training):

@@ -4,22 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from bnkit.data import load_mnist_5k
 from bnkit.experiments import mlp, train
 from bnkit.experiments.sweeps import Run, Sweep, WorkerPool, run_seeds, sweep
 
 SIZES = (784, 16, 12, 10)
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    """300 training and 100 test images of the embedded MNIST subset."""
-    x_train, y_train = load_mnist_5k("train")
-    x_test, y_test = load_mnist_5k("test")
-    rng = np.random.default_rng(0)
-    tr = rng.choice(len(x_train), 300, replace=False)
-    te = rng.choice(len(x_test), 100, replace=False)
-    return {"x_train": x_train[tr], "y_train": y_train[tr], "x_test": x_test[te], "y_test": y_test[te]}
 
 
 def direct(data, seed, model_kwargs, train_kwargs):

@@ -217,7 +217,8 @@ def layer_steps(layer: nn.Module, xs: Sequence[torch.Tensor],
         per step (None without the parameter); ``state``: the final state dict.
     """
     if len(xs) != len(grads) or any(a.shape != b.shape for a, b in zip(xs, grads)):
-        raise ValueError("xs and grads need the same number of steps and shapes")
+        raise ValueError("xs and grads need the same number of steps and shapes (got "
+                         f"{[tuple(a.shape) for a in xs]} and {[tuple(b.shape) for b in grads]})")
     out: Dict[str, list] = {"output": [], "grad_input": [], "grad_weight": [], "grad_bias": []}
     for x, g in zip(xs, grads):
         x = x.detach().clone().requires_grad_(True)

@@ -48,18 +48,23 @@ def net_color(label: str, i: int = 0, colors: Optional[Mapping[str, str]] = None
     return NET_COLORS.get(label, COLORS[order[i % len(order)]])
 
 
-def plot_accuracy(histories: Mapping[str, History], ax=None, title: str = "Test accuracy",
-                  ylim: Optional[Sequence[float]] = None):
-    """Test accuracy (%) against training steps, one line per labelled history."""
-    fig, ax = _axes(ax)
-    for i, (label, h) in enumerate(histories.items()):
-        ax.plot(h.eval_steps, 100 * h.test_accuracy, color=net_color(label, i), label=label)
+def _label_accuracy_axes(ax, title: str, ylim: Optional[Sequence[float]]) -> None:
+    """Axis labels, limits, title and legend of an accuracy-against-steps plot."""
     ax.set_xlabel("training step")
     ax.set_ylabel("test accuracy (%)")
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_title(title)
     ax.legend(loc="lower right")
+
+
+def plot_accuracy(histories: Mapping[str, History], ax=None, title: str = "Test accuracy",
+                  ylim: Optional[Sequence[float]] = None):
+    """Test accuracy (%) against training steps, one line per labelled history."""
+    fig, ax = _axes(ax)
+    for i, (label, h) in enumerate(histories.items()):
+        ax.plot(h.eval_steps, 100 * h.test_accuracy, color=net_color(label, i), label=label)
+    _label_accuracy_axes(ax, title, ylim)
     return fig
 
 
@@ -79,12 +84,7 @@ def plot_accuracy_band(histories: Mapping[str, Sequence[History]], ax=None, titl
         c = net_color(label, i)
         ax.fill_between(steps, acc.min(0), acc.max(0), color=c, alpha=0.3, lw=0)
         ax.plot(steps, acc.mean(0), color=c, label=f"{label} ({len(hs)} seeds)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("test accuracy (%)")
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.set_title(title)
-    ax.legend(loc="lower right")
+    _label_accuracy_axes(ax, title, ylim)
     return fig
 
 
