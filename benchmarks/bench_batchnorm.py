@@ -31,9 +31,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-from typing import List
-
 import time
+from typing import List
 
 import numpy as np
 import torch
